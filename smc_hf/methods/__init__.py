@@ -1,0 +1,16 @@
+"""SMC-Bench's algorithms, registered by name. Importing this package registers all of them."""
+
+from . import gradual, one_shot  # noqa: F401  (registration side effects)
+from .base import SparsityMethod
+from .registry import METHODS
+
+
+def available_methods() -> list[str]:
+    return METHODS.names()
+
+
+def build_method(config) -> SparsityMethod:
+    return METHODS.get(config.method)(config)
+
+
+__all__ = ["METHODS", "SparsityMethod", "available_methods", "build_method"]

@@ -1,0 +1,110 @@
+"""Methods whose mask is found once: dense, fixed, OMP and random, before or after fine-tuning."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+from ..context import PruneContext
+from ..masks import MASKS_FILE
+from .base import SparsityMethod
+from .registry import METHODS
+
+logger = logging.getLogger(__name__)
+
+
+@METHODS.register("dense")
+class Dense(SparsityMethod):
+    """No pruning: the benchmark's dense baseline, through the same code path."""
+
+    timing = "none"
+
+    @classmethod
+    def validate(cls, config) -> None:
+        if config.sparsity != 0.0:
+            raise ValueError(f"method 'dense' prunes nothing, but sparsity = {config.sparsity}; pick a sparse method")
+
+
+@METHODS.register("fixed")
+class Fixed(SparsityMethod):
+    """Keep an existing mask: the one saved beside a sparse checkpoint, else the zeros of the weights."""
+
+    timing = "none"
+
+    @classmethod
+    def validate(cls, config) -> None:
+        if config.sparsity != 0.0:
+            raise ValueError("method 'fixed' keeps the mask it finds; leave sparsity at 0")
+
+    def on_round_begin(self, ctx: PruneContext) -> None:
+        if ctx.masks.is_dense:
+            source = getattr(ctx.model, "name_or_path", "") or ""
+            path = os.path.join(source, MASKS_FILE)
+            if os.path.isfile(path):
+                ctx.masks.load(path)
+            else:
+                logger.warning(
+                    "method 'fixed': no %s beside the model (%r); taking the mask from the weights that are "
+                    "exactly zero", MASKS_FILE, source,
+                )
+                ctx.masks.update({n: p.detach() != 0 for n, p in ctx.masks.params.items()})
+        zeros = sum(int((~m).sum()) for m in ctx.masks.masks.values())
+        self.current_sparsity = zeros / ctx.masks.numel()
+
+    one_shot = on_round_begin
+
+
+class _OneShotBefore(SparsityMethod):
+    timing = "before"
+    one_shot_capable = True
+
+    def on_round_begin(self, ctx: PruneContext) -> None:
+        self.prune_to(ctx, self.config.sparsity)
+
+    one_shot = on_round_begin
+
+
+class _OneShotAfter(SparsityMethod):
+    """Dense fine-tuning (round 0), then prune the fine-tuned weights and re-train with the same budget."""
+
+    timing = "after"
+    one_shot_capable = True
+
+    @property
+    def num_rounds(self) -> int:
+        return 1 if self.config.skip_dense_phase else 2
+
+    def on_round_begin(self, ctx: PruneContext) -> None:
+        if ctx.round == self.num_rounds - 1:
+            self.prune_to(ctx, self.config.sparsity)
+
+    def one_shot(self, ctx: PruneContext) -> None:
+        self.prune_to(ctx, self.config.sparsity)
+
+
+@METHODS.register("omp_before", aliases=("omp",))
+class OMPBefore(_OneShotBefore):
+    """One-shot global magnitude pruning of the pre-trained weights (the paper's OMP (Before))."""
+
+
+@METHODS.register("random_before", aliases=("random",))
+class RandomBefore(_OneShotBefore):
+    """A random mask with the same density in every layer, fixed during fine-tuning."""
+
+    criterion = "random"
+    default_distribution = "uniform"
+
+
+@METHODS.register("omp_after")
+class OMPAfter(_OneShotAfter):
+    """One-shot global magnitude pruning of the fine-tuned weights, then re-training (OMP (After))."""
+
+
+@METHODS.register("random_after")
+class RandomAfter(_OneShotAfter):
+    criterion = "random"
+    default_distribution = "uniform"
+
+
+__all__ = ["Dense", "Fixed", "OMPBefore", "RandomBefore", "OMPAfter", "RandomAfter"]
