@@ -1,0 +1,1 @@
+"""Console scripts: smc-prune, smc-bench."""
