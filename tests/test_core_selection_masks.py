@@ -1,0 +1,113 @@
+import pytest
+import torch
+from torch import nn
+from transformers import RobertaConfig, RobertaForMaskedLM
+
+from smc_hf import MaskSet
+from smc_hf.selection import select_parameters
+from tests.helpers import tiny_bert, tiny_roberta
+
+
+def test_default_selection_is_the_backbone_linear_weights():
+    names = list(select_parameters(tiny_roberta()))
+    assert len(names) == 12  # 2 layers x (q, k, v, attn out, intermediate, output)
+    assert all(n.startswith("roberta.encoder.layer.") and n.endswith(".weight") for n in names)
+    bert = list(select_parameters(tiny_bert()))
+    assert len(bert) == 12 and not any("pooler" in n or "classifier" in n or "embeddings" in n for n in bert)
+
+
+def test_targets_and_ignore_override_the_default():
+    model = tiny_roberta()
+    sel = select_parameters(model, targets=[r"embeddings\.word", r"classifier\.dense"], ignore=[r"out_proj"])
+    assert list(sel) == ["roberta.embeddings.word_embeddings.weight", "classifier.dense.weight"]
+    sel = select_parameters(model, ignore=[r"layer\.0\."])
+    assert len(sel) == 6 and all("layer.1." in n for n in sel)
+
+
+def test_a_selection_that_matches_nothing_is_an_error():
+    with pytest.raises(ValueError, match="no prunable weights selected"):
+        select_parameters(tiny_roberta(), targets=["does_not_exist"])
+    with pytest.raises(ValueError, match="no prunable weights selected"):
+        select_parameters(nn.Sequential(nn.LayerNorm(4)))
+
+
+def test_tied_weights_are_selected_once():
+    torch.manual_seed(0)
+    model = RobertaForMaskedLM(RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=32))
+    assert model.lm_head.decoder.weight is model.roberta.embeddings.word_embeddings.weight
+    sel = select_parameters(model, targets=[r"lm_head\.decoder", r"word_embeddings"])
+    assert list(sel) == ["roberta.embeddings.word_embeddings.weight"]
+    sel = select_parameters(model, targets=[r"lm_head\.decoder"])
+    assert list(sel) == ["roberta.embeddings.word_embeddings.weight"]
+
+
+def _masked_linear():
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 3)
+    masks = MaskSet({"weight": layer.weight})
+    keep = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    masks.set("weight", keep)
+    return layer, masks, keep
+
+
+def test_mask_application_zeroes_weights_grads_and_optimizer_state():
+    layer, masks, keep = _masked_linear()
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.1)
+    layer(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    layer(torch.randn(2, 4)).sum().backward()
+    masks.apply_to_grads()
+    assert bool((layer.weight.grad[~keep] == 0).all()) and bool((layer.weight.grad[keep] != 0).all())
+    masks.apply(opt)
+    state = opt.state[layer.weight]
+    for tensor in (layer.weight.data, state["exp_avg"], state["exp_avg_sq"]):
+        assert bool((tensor[~keep] == 0).all())
+        assert bool((tensor[keep] != 0).all())
+
+
+def test_masks_round_trip_through_safetensors(tmp_path):
+    layer, masks, keep = _masked_linear()
+    masks.save(str(tmp_path / "m.safetensors"))
+    other = MaskSet({"weight": layer.weight})
+    other.load(str(tmp_path / "m.safetensors"))
+    assert torch.equal(other.masks["weight"], keep) and other.masks["weight"].dtype == torch.bool
+    assert other.digest() == masks.digest()
+    assert not (tmp_path / "m.safetensors.tmp").exists()
+
+
+def test_bad_masks_are_rejected(tmp_path):
+    layer, masks, _ = _masked_linear()
+    with pytest.raises(ValueError, match=r"mask for weight has shape \(2, 2\), weight has \(3, 4\)"):
+        masks.set("weight", torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="not selected"):
+        masks.load_state_dict({"bias": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(FileNotFoundError, match="no sparsity masks"):
+        masks.load(str(tmp_path / "missing.safetensors"))
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.ones(3, 4)}, str(tmp_path / "float.safetensors"))
+    with pytest.raises(ValueError, match="must be bool"):
+        masks.load(str(tmp_path / "float.safetensors"))
+
+
+def test_mask_memory_is_one_byte_per_selected_weight():
+    _, masks, keep = _masked_linear()
+    assert masks.masks["weight"].element_size() == 1
+
+
+def test_default_selection_on_esm_and_mbart():
+    from transformers import EsmConfig, EsmForSequenceClassification, MBartConfig, MBartForConditionalGeneration
+
+    torch.manual_seed(0)
+    esm = EsmForSequenceClassification(EsmConfig(
+        vocab_size=33, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=64, pad_token_id=1, mask_token_id=32, num_labels=2))
+    names = list(select_parameters(esm))
+    assert len(names) == 12 and all(n.startswith("esm.encoder.layer.") for n in names)
+    mbart = MBartForConditionalGeneration(MBartConfig(
+        vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32))
+    names = list(select_parameters(mbart))
+    assert len(names) == 6 + 10  # encoder: q k v out fc1 fc2; decoder adds cross-attention q k v out
+    assert not any("lm_head" in n or "embed" in n for n in names)
