@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Fine-tune any SMC-Bench task with any sparse method, in the style of transformers' `run_glue.py`.
+
+    python run_glue_like.py --task csqa --model_name_or_path roberta-large \
+        --sparsity_method lth --sparsity 0.59 --output_dir out/csqa-lth-0.59
+
+Arguments: model (`tasks.ModelArguments`), data (`tasks.DataArguments`), sparsity (`smc_hf.SparsityConfig`) and
+`Seq2SeqTrainingArguments`, or one JSON file holding them all. Training arguments the command leaves out take the
+task's paper defaults (`training_defaults` in its module). The same command runs under `accelerate launch`.
+
+Writes `all_results.json` in `--output_dir`: task, primary metric (accuracies in percent, BLEU), all evaluation
+metrics, achieved sparsity per module and overall, the sparsity config, checkpoint, seed and training time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from typing import Any, Optional
+
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
+
+from smc_hf import SparseSeq2SeqTrainer, SparseTrainer, SparsityConfig
+from tasks import DataArguments, ModelArguments, get_task
+
+logger = logging.getLogger("run_glue_like")
+
+PARSED = (ModelArguments, DataArguments, SparsityConfig, Seq2SeqTrainingArguments)
+
+
+def _given(argv: list[str], key: str) -> bool:
+    return any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in argv)
+
+
+def _task_name(argv: list[str]) -> Optional[str]:
+    for i, arg in enumerate(argv):
+        if arg == "--task" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--task="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse_args(argv: list[str]):
+    """The four argument dataclasses, with the task's training defaults filling what `argv` leaves out."""
+    parser = HfArgumentParser(PARSED)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0], encoding="utf-8") as handle:
+            values = json.load(handle)
+        for key, value in get_task(values["task"]).training_defaults.items():
+            values.setdefault(key, value)
+        return parser.parse_dict(values)
+    name = _task_name(argv)
+    if name is not None:
+        for key, value in get_task(name).training_defaults.items():
+            if not _given(argv, key):
+                argv = argv + [f"--{key}", str(value)]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    model_args, data_args, sparsity, training_args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+    task = get_task(data_args.task)
+
+    raw = task.load_raw(data_args, model_args.cache_dir)
+    tokenizer = task.load_tokenizer(model_args)
+    model = task.load_model(model_args, tokenizer, raw)
+    processed = task.preprocess(raw, tokenizer, data_args, model)
+    if "train" not in processed:
+        raise ValueError(f"{task.name}: no training split (pass --train_file, --data_dir or --dataset_name)")
+    eval_sets = {split: data for split, data in processed.items() if split != "train"}
+    if not eval_sets:
+        raise ValueError(f"{task.name}: no evaluation split (pass --validation_file, --data_dir or --dataset_name)")
+    logger.info("task %s: train %d, eval %s", task.name, len(processed["train"]),
+                {k: len(v) for k, v in eval_sets.items()})
+
+    trainer_cls = SparseSeq2SeqTrainer if task.seq2seq else SparseTrainer
+    in_loop_eval = eval_sets["validation"] if list(eval_sets) == ["validation"] else eval_sets
+    trainer = trainer_cls(
+        model=model,
+        args=training_args,
+        sparsity_config=sparsity,
+        train_dataset=processed["train"],
+        eval_dataset=in_loop_eval if training_args.eval_strategy != "no" else None,
+        data_collator=task.data_collator(tokenizer, model),
+        processing_class=tokenizer,
+        compute_metrics=task.compute_metrics(tokenizer, raw.get("validation"), model),
+        **task.trainer_kwargs(model, model_args, training_args),
+    )
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = task.evaluate(trainer, eval_sets)
+
+    results = {
+        "task": task.name,
+        "metric_name": task.metric_name,
+        "metric": task.primary_metric(metrics),
+        "metrics": metrics,
+        "sparsity": trainer.sparsity_report().to_dict(),
+        "sparsity_config": dataclasses.asdict(trainer.sparsity_config),
+        "model_name_or_path": task.checkpoint(model_args),
+        "seed": training_args.seed,
+        "train_runtime": float(train_output.metrics.get("train_runtime", 0.0)),
+    }
+    if trainer.is_world_process_zero():
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "all_results.json"), "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+        record = task.data_record()
+        if record is not None:
+            with open(os.path.join(training_args.output_dir, "data_splits.json"), "w", encoding="utf-8") as handle:
+                json.dump(record, handle)
+    logger.info("%s = %.4f at sparsity %.4f", task.metric_name, results["metric"], results["sparsity"]["achieved"])
+    return results
+
+
+if __name__ == "__main__":
+    main()

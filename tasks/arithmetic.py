@@ -1,0 +1,240 @@
+"""Arithmetic reasoning: MAWPS, ASDiv-A (5-fold cross-validation) and SVAMP (trained on MAWPS + ASDiv-A).
+
+Data: the SVAMP release's CSVs (`../shared/data/arithmetic`, columns Question, Numbers, Equation, Answer; see
+its README), read with `--data_dir` (the release root, a fold directory, or a directory with train.csv/dev.csv)
+or `--train_file/--validation_file`. No Hub copy in this format exists, so there is no Hub path.
+
+Model: `ArithmeticSolver` (a pre-trained encoder, RoBERTa-base in the paper, plus a prefix-equation decoder).
+Metric: answer accuracy (the predicted expression, evaluated with the problem's numbers, within 1e-4 of
+Answer), with equation exact-match beside it. One run is one fold; the benchmark's score is the mean over
+folds 0-4 (`cross_validation_mean`).
+
+Paper hyper-parameters (GTS, spec section 2.2): 50 epochs, batch 4 (8 for SVAMP), Adam with weight decay 1e-5,
+lr 8e-6 for the RoBERTa encoder and 1e-3 for the decoder (`--head_learning_rate`). Deviations: the paper's
+StepLR (halve every 20 epochs) is replaced by a constant rate, beam 5 by constrained greedy decoding, and the
+reported number is the final evaluation rather than the best epoch (which selects on the test split).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+
+from .arithmetic_model import ArithmeticSolver, ArithmeticSolverConfig
+from .base import DataArguments, DataError, ModelArguments, TaskDefinition, truncate
+from .metrics import answer_accuracy
+from .prefix_expr import NUMBER_TOKEN, OPERATORS
+
+REQUIRED_COLUMNS = ("Question", "Numbers", "Equation", "Answer")
+NUMBER_TOKEN_IN_TEXT = re.compile(r"number(\d+)")
+CONSTANT_MIN_COUNT = 5  # GTS: constants in at least 5 training equations become output tokens
+
+
+def read_problems(path: str) -> list[dict[str, Any]]:
+    """Rows of one SVAMP-format CSV as {question, numbers, equation, answer}, validated column by column."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
+        rows = [_parse_row(row, f"{path}:{lineno}") for lineno, row in enumerate(reader, 2)]
+    if not rows:
+        raise DataError(f"{path}: no examples (empty split)")
+    return rows
+
+
+def _parse_row(row: dict[str, str], where: str) -> dict[str, Any]:
+    try:
+        numbers = [float(x) for x in row["Numbers"].split()]
+    except ValueError:
+        raise DataError(f"{where}: column 'Numbers' is not a list of numbers: {row['Numbers']!r}") from None
+    try:
+        answer = float(row["Answer"])
+    except ValueError:
+        raise DataError(f"{where}: column 'Answer' is not a number: {row['Answer']!r}") from None
+    equation = row["Equation"].split()
+    if not equation:
+        raise DataError(f"{where}: column 'Equation' is empty")
+    for token in equation:
+        match = NUMBER_TOKEN.match(token)
+        if match and int(match.group(1)) >= len(numbers):
+            raise DataError(f"{where}: column 'Equation' uses {token} but 'Numbers' has {len(numbers)} values")
+    return {"question": row["Question"], "numbers": numbers, "equation": equation, "answer": answer}
+
+
+def output_constants(equations: list[list[str]], min_count: int = CONSTANT_MIN_COUNT) -> list[str]:
+    """Constants (neither operator nor placeholder) frequent enough in training equations, most frequent first."""
+    counts = Counter(t for eq in equations for t in eq if t not in OPERATORS and not NUMBER_TOKEN.match(t))
+    return [t for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
+
+
+def cross_validation_mean(result_files: list[str]) -> float:
+    """Mean primary metric over per-fold `all_results.json` files (the benchmark's 5-fold score)."""
+    values = []
+    for path in result_files:
+        with open(path, encoding="utf-8") as handle:
+            values.append(float(json.load(handle)["metric"]))
+    if not values:
+        raise ValueError("cross_validation_mean needs at least one all_results.json")
+    return float(np.mean(values))
+
+
+@dataclass
+class ArithmeticCollator:
+    """Pads token ids, labels (-100) and number positions (-1, to the solver's fixed slot count)."""
+
+    pad_token_id: int
+    num_slots: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        def pad(key, value, width=None):
+            width = width or max(len(f[key]) for f in features)
+            return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features])
+
+        batch = {
+            "input_ids": pad("input_ids", self.pad_token_id),
+            "attention_mask": pad("attention_mask", 0),
+            "number_positions": pad("number_positions", -1, self.num_slots),
+        }
+        if "token_type_ids" in features[0]:
+            batch["token_type_ids"] = pad("token_type_ids", 0)
+        if "labels" in features[0]:
+            batch["labels"] = pad("labels", -100)
+        return batch
+
+
+class ArithmeticTask(TaskDefinition):
+    family = "arithmetic"
+    default_model = "roberta-base"
+    auto_model = "ArithmeticSolver (AutoModel encoder + prefix-equation decoder)"
+    metric_name = "answer_accuracy"
+    default_max_seq_length = 256
+    default_head_learning_rate = 1e-3
+    subdir = ""
+    folds = True
+    training_defaults = {
+        "num_train_epochs": 50, "per_device_train_batch_size": 4, "learning_rate": 8e-6,
+        "weight_decay": 1e-5, "lr_scheduler_type": "constant", "max_grad_norm": 0.0,
+    }
+
+    def _split_files(self, data: DataArguments) -> dict[str, str]:
+        if data.train_file or data.validation_file:
+            return {k: v for k, v in (("train", data.train_file), ("validation", data.validation_file)) if v}
+        if not data.data_dir:
+            raise DataError(f"{self.name}: no Hub copy in the SVAMP format; pass --data_dir or --train_file")
+        candidates = [os.path.join(data.data_dir, self.subdir), data.data_dir]
+        for base in candidates:
+            directory = os.path.join(base, f"fold{data.fold}") if self.folds else base
+            if os.path.isfile(os.path.join(directory, "train.csv")):
+                return {"train": os.path.join(directory, "train.csv"), "validation": os.path.join(directory, "dev.csv")}
+        if os.path.isfile(os.path.join(data.data_dir, "train.csv")):
+            return {"train": os.path.join(data.data_dir, "train.csv"),
+                    "validation": os.path.join(data.data_dir, "dev.csv")}
+        raise DataError(f"{data.data_dir}: no train.csv for {self.name} (looked in {candidates}, fold {data.fold})")
+
+    def load_raw(self, data: DataArguments, cache_dir: Optional[str] = None) -> DatasetDict:
+        splits = {}
+        for split, path in self._split_files(data).items():
+            rows = read_problems(path)
+            limit = data.max_train_samples if split == "train" else data.max_eval_samples
+            splits[split] = truncate(Dataset.from_list(rows), limit)
+        return DatasetDict(splits)
+
+    def load_model(self, model: ModelArguments, tokenizer, raw: DatasetDict):
+        path = self.checkpoint(model)
+        config_file = os.path.join(path, "config.json")
+        if os.path.isfile(config_file):
+            with open(config_file, encoding="utf-8") as handle:
+                if json.load(handle).get("model_type") == ArithmeticSolverConfig.model_type:
+                    return ArithmeticSolver.from_pretrained(path)
+        if "train" not in raw:
+            raise DataError(f"{self.name}: a new solver needs a training split to fix its output vocabulary")
+        fixed = list(OPERATORS[:4]) + output_constants(raw["train"]["equation"])
+        return ArithmeticSolver.from_encoder(path, fixed, cache_dir=model.cache_dir)
+
+    def preprocess(self, raw: DatasetDict, tokenizer, data: DataArguments, model) -> DatasetDict:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(f"{self.name}: needs a fast tokenizer (character offsets locate the numbers)")
+        vocab = {t: i for i, t in enumerate(model.config.output_vocab)}
+        slots = model.config.max_num_slots
+        max_length = data.max_seq_length or self.default_max_seq_length
+
+        def encode(example):
+            if len(example["numbers"]) > slots:
+                raise DataError(f"{self.name}: a problem has {len(example['numbers'])} numbers, the solver {slots}")
+            enc = tokenizer(example["question"], truncation=True, max_length=max_length, return_offsets_mapping=True)
+            offsets = enc.pop("offset_mapping")
+            positions = [-1] * len(example["numbers"])
+            for match in NUMBER_TOKEN_IN_TEXT.finditer(example["question"]):
+                k = int(match.group(1))
+                if k < len(positions) and positions[k] < 0:
+                    positions[k] = _token_at(offsets, match.start())
+            enc["number_positions"] = positions
+            enc["labels"] = [vocab.get(t, -100) for t in example["equation"]]
+            return dict(enc)
+
+        out = {}
+        for split, ds in raw.items():
+            encoded = ds.map(encode, remove_columns=ds.column_names)
+            if split == "train":
+                fits = model.config.max_output_length
+                encoded = encoded.filter(lambda ex: -100 not in ex["labels"] and len(ex["labels"]) <= fits)
+            out[split] = encoded
+        return DatasetDict(out)
+
+    def data_collator(self, tokenizer, model):
+        return ArithmeticCollator(tokenizer.pad_token_id, model.config.max_num_slots)
+
+    def head_parameter_prefixes(self, model) -> tuple[str, ...]:
+        return model.optimizer_head_prefixes()
+
+    def compute_metrics(self, tokenizer, raw_eval: Dataset, model):
+        numbers, answers, gold = raw_eval["numbers"], raw_eval["answer"], raw_eval["equation"]
+        vocab = model.config.output_vocab
+
+        def compute(eval_pred):
+            predictions = eval_pred.predictions
+            predictions = predictions[0] if isinstance(predictions, tuple) else predictions
+            expressions = [[vocab[i] for i in row if i >= 0] for row in predictions]
+            exact = np.mean([e == g for e, g in zip(expressions, gold)]) * 100.0
+            return {"answer_accuracy": answer_accuracy(expressions, numbers, answers), "equation_accuracy": float(exact)}
+
+        return compute
+
+
+def _token_at(offsets: list[tuple[int, int]], char: int) -> int:
+    """Index of the token covering character `char`, -1 if truncated away (special tokens span (0, 0))."""
+    for index, (start, end) in enumerate(offsets):
+        if start <= char < end:
+            return index
+    return -1
+
+
+class Mawps(ArithmeticTask):
+    name = "mawps"
+    subdir = "cv_mawps"
+
+
+class AsdivA(ArithmeticTask):
+    name = "asdiv-a"
+    subdir = "cv_asdiv-a"
+
+
+class Svamp(ArithmeticTask):
+    """SVAMP: train on MAWPS + ASDiv-A (3,138 problems), evaluate on the 1,000 SVAMP problems; no folds."""
+
+    name = "svamp"
+    subdir = "mawps-asdiv-a_svamp"
+    folds = False
+    training_defaults = {**ArithmeticTask.training_defaults, "per_device_train_batch_size": 8}

@@ -1,0 +1,194 @@
+"""What every SMC-Bench task must say, and the argument dataclasses `run_glue_like.py` parses for it.
+
+A task is a small class: where its data lives (Hub id, or the authors' files), how an example becomes
+model inputs, which `AutoModelFor...` head and checkpoint it uses, its metric, and the paper's training
+hyper-parameters. The entry script only wires these to the trainer, so adding a dataset never touches it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Optional
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+
+class DataError(ValueError):
+    """A data file or split is unusable; the message names the file (or split) and the column."""
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Hub id or local directory (default: the task's checkpoint from the paper)."}
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer Hub id or directory, if not the model's."}
+    )
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where downloaded models are cached."})
+    head_learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "Learning rate of the newly initialised parts (task head, arithmetic decoder); "
+                  "default: the task's, or --learning_rate when the task has none."},
+    )
+
+
+@dataclass
+class DataArguments:
+    task: str = field(metadata={"help": "Task name (see tasks.TASKS)."})
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset id, or a directory written by `save_to_disk` (default: the task's)."}
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "Local training file in the task's format."})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "Local evaluation file."})
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "Directory in the authors' release layout (see the task's docstring)."}
+    )
+    fold: int = field(default=0, metadata={"help": "Cross-validation fold (arithmetic MAWPS and ASDiv-A)."})
+    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Input truncation (default: the task's)."})
+    max_target_length: Optional[int] = field(default=None, metadata={"help": "Target truncation (translation)."})
+    languages: Optional[str] = field(
+        default=None, metadata={"help": "Comma-separated mBART language codes (translation; default: the setting's)."}
+    )
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N training examples."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of splits the task makes itself (protein)."})
+    label_thresholds: Optional[str] = field(
+        default=None, metadata={"help": "Comma-separated bin edges turning a regression target into classes (Meltome)."}
+    )
+
+
+def load_hub_or_disk(name: str, config: Optional[str], cache_dir: Optional[str] = None) -> DatasetDict:
+    """Load a Hub dataset, or the same thing saved locally with `save_to_disk` (a directory path).
+
+    A local directory may hold one sub-directory per configuration, mirroring the Hub's configs.
+    """
+    if os.path.isdir(name):
+        path = os.path.join(name, config) if config and os.path.isdir(os.path.join(name, config)) else name
+        data = load_from_disk(path)
+        if isinstance(data, Dataset):
+            raise DataError(f"{path}: expected a DatasetDict with named splits, got a single Dataset")
+        return data
+    return load_dataset(name, config, cache_dir=cache_dir)
+
+
+def require_columns(data: Dataset, columns: list[str], source: str) -> None:
+    """Fail with the file (or split) and the missing column, before any preprocessing touches the data."""
+    missing = [c for c in columns if c not in data.column_names]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; found {data.column_names}")
+    if len(data) == 0:
+        raise DataError(f"{source}: the split is empty")
+
+
+def truncate(data: Dataset, limit: Optional[int]) -> Dataset:
+    return data.select(range(min(limit, len(data)))) if limit is not None else data
+
+
+class TaskDefinition(ABC):
+    """One benchmark dataset. Subclasses set the class attributes and implement the four hooks.
+
+    Class attributes:
+      name, family: registry name and task family.
+      hub_id, hub_config: where the data comes from on the Hub (None if only the authors' release has it).
+      default_model: the paper's checkpoint (a Hub id).
+      auto_model: the `AutoModelFor...` class name of the head.
+      metric_name: primary metric key in `compute_metrics` output (accuracies are in percent).
+      training_defaults: the paper's hyper-parameters as `TrainingArguments` values, applied unless given.
+      seq2seq: whether the trainer must generate (translation).
+    """
+
+    name: str = ""
+    family: str = ""
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    default_model: str = ""
+    auto_model: str = ""
+    metric_name: str = "accuracy"
+    training_defaults: dict[str, Any] = {}
+    seq2seq: bool = False
+    default_max_seq_length: int = 128
+    default_head_learning_rate: Optional[float] = None
+
+    @abstractmethod
+    def load_raw(self, data: DataArguments, cache_dir: Optional[str] = None) -> DatasetDict:
+        """Raw splits: "train" plus evaluation splits (every other key; "validation" unless the task says)."""
+
+    def checkpoint(self, model: ModelArguments) -> str:
+        return model.model_name_or_path or self.default_model
+
+    def load_tokenizer(self, model: ModelArguments):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model.tokenizer_name or self.checkpoint(model), cache_dir=model.cache_dir)
+
+    @abstractmethod
+    def load_model(self, model: ModelArguments, tokenizer, raw: DatasetDict):
+        """The model with the task's head, from `model.model_name_or_path` or `default_model`."""
+
+    @abstractmethod
+    def preprocess(self, raw: DatasetDict, tokenizer, data: DataArguments, model) -> DatasetDict:
+        """Tokenised splits, same keys as `raw`."""
+
+    @abstractmethod
+    def data_collator(self, tokenizer, model):
+        """Batches tokenised examples (dynamic padding)."""
+
+    @abstractmethod
+    def compute_metrics(self, tokenizer, raw_eval: Dataset, model) -> Callable:
+        """A `compute_metrics` for the trainer; `raw_eval` is the evaluation split in its original order."""
+
+    def head_parameter_prefixes(self, model) -> tuple[str, ...]:
+        """Parameter-name prefixes trained at the head learning rate (newly initialised parts)."""
+        return ()
+
+    def trainer_kwargs(self, model, model_args: ModelArguments, training_args) -> dict[str, Any]:
+        """Extra trainer kwargs; by default a two-rate optimizer when the task has a head learning rate."""
+        head_lr = model_args.head_learning_rate or self.default_head_learning_rate
+        prefixes = self.head_parameter_prefixes(model)
+        if head_lr is None or not prefixes:
+            return {}
+        return {"optimizer_cls_and_kwargs": (TwoRateAdamW, {"head_prefixes": prefixes, "head_lr": head_lr,
+                                                            "args": training_args})}
+
+    def evaluate(self, trainer, eval_sets: dict[str, Dataset]) -> dict[str, float]:
+        """Final evaluation; metrics of a split other than "validation" are prefixed `eval_<split>_`."""
+        metrics: dict[str, float] = {}
+        for split, data in eval_sets.items():
+            prefix = "eval" if split == "validation" else f"eval_{split}"
+            metrics.update(trainer.evaluate(eval_dataset=data, metric_key_prefix=prefix))
+        return metrics
+
+    def data_record(self) -> Optional[dict[str, Any]]:
+        """How the task split the data when it made the split itself (written to `data_splits.json`), else None."""
+        return None
+
+    def primary_metric(self, metrics: dict[str, float]) -> float:
+        return float(metrics[f"eval_{self.metric_name}"])
+
+
+class TwoRateAdamW:
+    """Optimizer factory for `Trainer(optimizer_cls_and_kwargs=...)`: AdamW with a separate head rate.
+
+    The paper trains pre-trained backbones at a small rate and new heads/decoders at a large one (GTS:
+    8e-6 for RoBERTa, 1e-3 for the tree decoder); one shared rate either freezes the head or wrecks the
+    backbone. Weight decay skips biases and norms, as the stock Trainer does.
+    """
+
+    def __call__(self, model, head_prefixes, head_lr, args):
+        import torch
+
+        groups: dict[tuple[float, float], list] = {}
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            lr = head_lr if name.startswith(tuple(head_prefixes)) else args.learning_rate
+            decay = 0.0 if param.ndim < 2 else args.weight_decay
+            groups.setdefault((lr, decay), []).append(param)
+        return torch.optim.AdamW(
+            [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
+            lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+        )

@@ -1,0 +1,241 @@
+"""Commonsense reasoning as multiple choice: CommonsenseQA, WinoGrande, RACE (middle and high apart).
+
+Every dataset is normalised to rows `{"first": [str]*C, "second": [str]*C, "label": int}` (one text pair per
+choice), so one preprocessing and one head (`AutoModelForMultipleChoice`, RoBERTa-large in the paper) serve all.
+
+Paper hyper-parameters (fairseq recipes the SMC-Bench code runs, spec section 2.1), mapped to `TrainingArguments`:
+- CSQA: lr 1e-5, polynomial decay, 150 warmup of 3000 updates, batch 16, Adam (0.9, 0.98) eps 1e-6,
+  weight decay 0.01, no clipping; inputs `Q: {stem}` / `A: {choice}`.
+- WinoGrande: lr 1e-5, polynomial decay, 2375 warmup of 23750 updates, batch 32, same Adam. The paper scores
+  the blank with the MLM head; here the two fillings are two choices of a multiple-choice head.
+- RACE: lr 1e-5 constant, 5 epochs, batch 16 (1 x 8 accumulation x 2 GPUs), 512 tokens, article truncated.
+  Trained on all of RACE, reported on test-middle and test-high separately.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from abc import abstractmethod
+from typing import Any, Optional
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, truncate
+from .io import field, nonempty, read_jsonl
+from .metrics import accuracy
+
+_ADAM = {"adam_beta1": 0.9, "adam_beta2": 0.98, "adam_epsilon": 1e-6, "weight_decay": 0.01, "max_grad_norm": 0.0}
+
+
+class MultipleChoiceTask(TaskDefinition):
+    family = "commonsense"
+    default_model = "roberta-large"
+    auto_model = "AutoModelForMultipleChoice"
+    metric_name = "accuracy"
+    truncation: Any = True
+    local_names: dict[str, str] = {}
+
+    @abstractmethod
+    def normalise_record(self, record: dict[str, Any], where: str) -> dict[str, Any]:
+        """One raw example (authors' or Hub form) to the shared first/second/label form."""
+
+    def load_raw(self, data: DataArguments, cache_dir: Optional[str] = None) -> DatasetDict:
+        if data.train_file or data.validation_file:
+            files = {"train": data.train_file, "validation": data.validation_file}
+            splits = {split: self._read_file(path) for split, path in files.items() if path}
+        elif data.data_dir:
+            splits = self._read_data_dir(data.data_dir)
+        else:
+            splits = self._read_hub(data, cache_dir)
+        if "train" in splits:
+            splits["train"] = truncate(splits["train"], data.max_train_samples)
+        for split in splits:
+            if split != "train":
+                splits[split] = truncate(splits[split], data.max_eval_samples)
+        return DatasetDict(splits)
+
+    def _read_file(self, path: str) -> Dataset:
+        rows = [self.normalise_record(rec, f"{path}:{lineno}") for lineno, rec in read_jsonl(path)]
+        return Dataset.from_list(nonempty(rows, path))
+
+    def _read_data_dir(self, data_dir: str) -> dict[str, Dataset]:
+        return {split: self._read_file(os.path.join(data_dir, name)) for split, name in self.local_names.items()}
+
+    def _read_hub(self, data: DataArguments, cache_dir) -> dict[str, Dataset]:
+        name = data.dataset_name or self.hub_id
+        raw = load_hub_or_disk(name, data.dataset_config_name or self.hub_config, cache_dir)
+        out = {}
+        for split in ("train", "validation"):
+            if split not in raw:
+                raise DataError(f"{name}: no '{split}' split (has {list(raw)})")
+            rows = [self.normalise_record(r, f"{name}[{split}] row {i}") for i, r in enumerate(raw[split])]
+            out[split] = Dataset.from_list(nonempty(rows, f"{name}[{split}]"))
+        return out
+
+    def load_model(self, model: ModelArguments, tokenizer, raw: DatasetDict):
+        from transformers import AutoModelForMultipleChoice
+
+        return AutoModelForMultipleChoice.from_pretrained(self.checkpoint(model), cache_dir=model.cache_dir)
+
+    def preprocess(self, raw: DatasetDict, tokenizer, data: DataArguments, model) -> DatasetDict:
+        max_length = data.max_seq_length or self.default_max_seq_length
+
+        def encode(batch):
+            firsts = [t for choices in batch["first"] for t in choices]
+            seconds = [t for choices in batch["second"] for t in choices]
+            enc = tokenizer(firsts, seconds, truncation=self.truncation, max_length=max_length)
+            sizes = [len(choices) for choices in batch["first"]]
+            out: dict[str, list] = {key: [] for key in enc}
+            start = 0
+            for size in sizes:
+                for key, values in enc.items():
+                    out[key].append(values[start:start + size])
+                start += size
+            out["label"] = batch["label"]
+            return out
+
+        return DatasetDict(
+            {split: ds.map(encode, batched=True, remove_columns=ds.column_names) for split, ds in raw.items()}
+        )
+
+    def data_collator(self, tokenizer, model):
+        from transformers import DataCollatorForMultipleChoice
+
+        return DataCollatorForMultipleChoice(tokenizer)
+
+    def compute_metrics(self, tokenizer, raw_eval: Dataset, model):
+        def compute(eval_pred):
+            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+            return {"accuracy": accuracy(np.argmax(logits, axis=-1), eval_pred.label_ids)}
+
+        return compute
+
+
+def _label(value: Any, labels: list[str], column: str, where: str) -> int:
+    if value not in labels:
+        raise DataError(f"{where}: unknown label {value!r} in column '{column}' (expected one of {labels})")
+    return labels.index(value)
+
+
+class CommonsenseQA(MultipleChoiceTask):
+    """CSQA: the official `*_rand_split.jsonl` files, or Hub `tau/commonsense_qa` (flattened columns)."""
+
+    name = "csqa"
+    hub_id = "tau/commonsense_qa"
+    default_max_seq_length = 80
+    local_names = {"train": "train_rand_split.jsonl", "validation": "dev_rand_split.jsonl"}
+    training_defaults = {
+        "learning_rate": 1e-5, "lr_scheduler_type": "polynomial", "warmup_steps": 150, "max_steps": 3000,
+        "per_device_train_batch_size": 16, **_ADAM,
+    }
+
+    def normalise_record(self, record, where):
+        question = field(record, "question", where)
+        if isinstance(question, dict):
+            stem = field(record, "question.stem", where)
+            choices = field(record, "question.choices", where)
+            labels = [field(c, "label", f"{where} question.choices") for c in choices]
+            texts = [field(c, "text", f"{where} question.choices") for c in choices]
+        else:
+            stem = question
+            choices = field(record, "choices", where)
+            labels, texts = field(choices, "label", where), field(choices, "text", where)
+        label = _label(field(record, "answerKey", where), list(labels), "answerKey", where)
+        return {"first": [f"Q: {stem}"] * len(texts), "second": [f"A: {t}" for t in texts], "label": label}
+
+
+class WinoGrande(MultipleChoiceTask):
+    """WinoGrande: the authors' `train_xl.jsonl`/`dev.jsonl`, or Hub `allenai/winogrande` (`winogrande_xl`)."""
+
+    name = "winogrande"
+    hub_id = "allenai/winogrande"
+    hub_config = "winogrande_xl"
+    default_max_seq_length = 80
+    local_names = {"train": "train_xl.jsonl", "validation": "dev.jsonl"}
+    training_defaults = {
+        "learning_rate": 1e-5, "lr_scheduler_type": "polynomial", "warmup_steps": 2375, "max_steps": 23750,
+        "per_device_train_batch_size": 32, **_ADAM,
+    }
+
+    def normalise_record(self, record, where):
+        sentence = field(record, "sentence", where)
+        if sentence.count("_") != 1:
+            raise DataError(f"{where}: column 'sentence' must contain exactly one '_' blank")
+        options = [field(record, "option1", where), field(record, "option2", where)]
+        label = _label(str(field(record, "answer", where)), ["1", "2"], "answer", where)
+        before, after = sentence.split("_")
+        return {"first": [before + o for o in options], "second": [after.strip()] * 2, "label": label}
+
+
+class Race(MultipleChoiceTask):
+    """RACE: the authors' `RACE/{train,dev,test}/{middle,high}/*.txt` layout, or Hub `ehovy/race`.
+
+    Trained on both levels; evaluated on test-middle and test-high apart (`eval_middle_accuracy`,
+    `eval_high_accuracy`); the primary `accuracy` pools both. With `--validation_file` it evaluates that file.
+    """
+
+    name = "race"
+    hub_id = "ehovy/race"
+    hub_config = "all"
+    default_max_seq_length = 512
+    truncation = "only_first"
+    levels = ("middle", "high")
+    training_defaults = {
+        "learning_rate": 1e-5, "lr_scheduler_type": "constant", "num_train_epochs": 5,
+        "per_device_train_batch_size": 1, "gradient_accumulation_steps": 16, **_ADAM,
+    }
+
+    def normalise_record(self, record, where):
+        article = field(record, "article", where)
+        question = field(record, "question", where)
+        options = field(record, "options", where)
+        label = _label(field(record, "answer", where), ["A", "B", "C", "D"][: len(options)], "answer", where)
+        seconds = [question.replace("_", o) if "_" in question else f"{question} {o}" for o in options]
+        return {"first": [article] * len(options), "second": seconds, "label": label}
+
+    def _read_level_dir(self, path: str) -> Dataset:
+        rows = []
+        for name in sorted(glob.glob(os.path.join(path, "*.txt"))):
+            with open(name, encoding="utf-8") as handle:
+                try:
+                    doc = json.load(handle)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{name}: not valid JSON ({err.msg})") from None
+            answers, questions = field(doc, "answers", name), field(doc, "questions", name)
+            options = field(doc, "options", name)
+            if not len(answers) == len(questions) == len(options):
+                raise DataError(f"{name}: columns 'answers', 'questions', 'options' differ in length")
+            for i, (a, q, o) in enumerate(zip(answers, questions, options)):
+                record = {"article": field(doc, "article", name), "question": q, "options": o, "answer": a}
+                rows.append(self.normalise_record(record, f"{name} question {i}"))
+        return Dataset.from_list(nonempty(rows, path))
+
+    def _read_data_dir(self, data_dir):
+        from datasets import concatenate_datasets
+
+        split_dir = lambda split, level: os.path.join(data_dir, split, level)  # noqa: E731
+        train = concatenate_datasets([self._read_level_dir(split_dir("train", lv)) for lv in self.levels])
+        return {"train": train, **{lv: self._read_level_dir(split_dir("test", lv)) for lv in self.levels}}
+
+    def _read_hub(self, data, cache_dir):
+        name = data.dataset_name or self.hub_id
+        out = {}
+        for config, split, key in [(data.dataset_config_name or self.hub_config, "train", "train"),
+                                   ("middle", "test", "middle"), ("high", "test", "high")]:
+            raw = load_hub_or_disk(name, config, cache_dir)
+            if split not in raw:
+                raise DataError(f"{name}/{config}: no '{split}' split (has {list(raw)})")
+            rows = [self.normalise_record(r, f"{name}/{config}[{split}] row {i}") for i, r in enumerate(raw[split])]
+            out[key] = Dataset.from_list(nonempty(rows, f"{name}/{config}[{split}]"))
+        return out
+
+    def evaluate(self, trainer, eval_sets):
+        metrics = super().evaluate(trainer, eval_sets)
+        if "eval_accuracy" not in metrics:
+            sizes = {lv: len(eval_sets[lv]) for lv in self.levels}
+            pooled = sum(metrics[f"eval_{lv}_accuracy"] * n for lv, n in sizes.items()) / sum(sizes.values())
+            metrics["eval_accuracy"] = pooled
+        return metrics

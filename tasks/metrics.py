@@ -1,0 +1,36 @@
+"""Offline metrics (no `evaluate.load`): accuracy, arithmetic answer accuracy and BLEU, in percent/BLEU points."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .prefix_expr import answer_matches, evaluate_prefix
+
+
+def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    """Percentage of exact label matches."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.shape != labels.shape or labels.size == 0:
+        raise ValueError(f"accuracy needs equal non-empty shapes, got {predictions.shape} and {labels.shape}")
+    return float((predictions == labels).mean() * 100.0)
+
+
+def answer_accuracy(
+    expressions: Sequence[Sequence[str]], numbers: Sequence[Sequence[float]], answers: Sequence[float]
+) -> float:
+    """Percentage of predicted prefix expressions whose value, with the problem's numbers, equals the answer."""
+    if not (len(expressions) == len(numbers) == len(answers)) or not answers:
+        raise ValueError("answer_accuracy needs as many expressions, number lists and answers, at least one")
+    hits = sum(answer_matches(evaluate_prefix(e, n), a) for e, n, a in zip(expressions, numbers, answers))
+    return 100.0 * hits / len(answers)
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu defaults: 13a tokenisation, one reference per sentence)."""
+    import sacrebleu
+
+    if len(hypotheses) != len(references) or not references:
+        raise ValueError("bleu needs as many hypotheses as references, at least one")
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)

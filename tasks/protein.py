@@ -1,0 +1,320 @@
+"""Protein thermostability: HotProtein HP-S, HP-S2C5, HP-S2C2, Meltome Atlas, and the ThermoProt stand-in.
+
+Sequence classification on amino-acid strings with an ESM tokenizer and `AutoModelForSequenceClassification`
+(ESM-1b `facebook/esm1b_t33_650M_UR50S` in the paper; ESM-IF1 for HP-S2C5 is structure-based and has no
+transformers port, so the sequence model stands in). Metric: accuracy (%).
+
+Data sources, by flag:
+- `--data_dir` with one FASTA per class (ThermoProt: `psychrophilic.fasta`, ...): a fixed, seeded, stratified
+  80/10/10 train/validation/test split (`--split_seed`), recorded in `data_splits.json` beside the results.
+- `--data_dir` in HotProtein's release form: FASTA file(s) plus a split file (`*.pkl` as released, or `*.json`)
+  with `train_names`, `train_labels`, `test_names`, `test_labels`; evaluated on the test names as the paper does.
+  Pickle runs code when loaded: only point this at trusted files.
+- `--train_file/--validation_file`: CSV, TSV or JSON lines with `sequence` and `label` (Meltome: `target`, see below).
+- `--dataset_name`: a Hub id or `save_to_disk` directory with `sequence` and `label` columns.
+
+Meltome Atlas (FLIP's `sequence,target,set,validation` CSV, `target` = melting temperature in degrees C) is framed,
+as the paper's accuracy axis implies, as classification: Tm binned at `--label_thresholds` (default 60: the usual
+"thermostable" cut; the paper does not state its bins). A single FLIP file is split by its `set` column.
+
+Paper hyper-parameters (ESM-1b scripts, spec section 2.3): batch 3, 4 epochs, backbone lr 1e-6, one-cycle schedule
+(here: cosine with 30% warm-up), sequences truncated to 1022 residues. The scripts pass a head lr of 2e-2 but
+never step the head's optimizer; here the head trains at 1e-3 (`--head_learning_rate`).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import pickle
+from typing import Any, Optional
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, truncate
+from .io import read_jsonl
+from .metrics import accuracy
+
+ESM_ALPHABET = (
+    "<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F",
+    "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
+)  # the 33-token ESM-1b/ESM-2 vocabulary, in id order
+
+
+def read_fasta(path: str) -> list[tuple[str, str]]:
+    """(name, sequence) records; the name is the header line up to its end, without '>'."""
+    records: list[tuple[str, list[str]]] = []
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            line = line.strip()
+            if line.startswith(">"):
+                records.append((line[1:].strip(), []))
+            elif line:
+                if not records:
+                    raise DataError(f"{path}:{lineno}: sequence data before the first '>' header")
+                records[-1][1].append(line)
+    out = [(name, "".join(parts)) for name, parts in records]
+    empty = [name for name, seq in out if not seq]
+    if empty:
+        raise DataError(f"{path}: record(s) {empty[:3]} have an empty sequence")
+    if not out:
+        raise DataError(f"{path}: no FASTA records (empty split)")
+    return out
+
+
+def read_table(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) for a CSV, TSV or JSON-lines file."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    if path.endswith((".json", ".jsonl")):
+        return [(f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)]
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t" if path.endswith(".tsv") else ",")
+        return [(f"{path}:{lineno}", row) for lineno, row in enumerate(reader, 2)]
+
+
+def stratified_split(labels: list[int], seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str, list[int]]:
+    """Indices per split, class by class, from a seeded permutation: the same files always give the same split."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    labels_arr = np.asarray(labels)
+    for label in sorted(set(labels)):
+        members = np.flatnonzero(labels_arr == label)
+        members = members[rng.permutation(len(members))]
+        n_train = int(round(fractions[0] * len(members)))
+        n_val = int(round(fractions[1] * len(members)))
+        out["train"].extend(members[:n_train].tolist())
+        out["validation"].extend(members[n_train:n_train + n_val].tolist())
+        out["test"].extend(members[n_train + n_val:].tolist())
+    return {split: sorted(idx) for split, idx in out.items()}
+
+
+class ProteinTask(TaskDefinition):
+    family = "protein"
+    default_model = "facebook/esm1b_t33_650M_UR50S"
+    auto_model = "AutoModelForSequenceClassification"
+    metric_name = "accuracy"
+    default_max_seq_length = 1024
+    default_head_learning_rate = 1e-3
+    num_labels = 2
+    class_files: tuple[str, ...] = ()
+    training_defaults = {
+        "per_device_train_batch_size": 3, "num_train_epochs": 4, "learning_rate": 1e-6,
+        "lr_scheduler_type": "cosine", "warmup_steps": 0.3,
+    }
+
+    def __init__(self):
+        self.split_record: Optional[dict[str, Any]] = None
+
+    def data_record(self) -> Optional[dict[str, Any]]:
+        return self.split_record
+
+    def label_of(self, row: dict[str, Any], where: str, data: DataArguments) -> int:
+        if "label" not in row:
+            raise DataError(f"{where}: missing column 'label'")
+        return self._check_label(row["label"], "label", where)
+
+    def _check_label(self, value: Any, column: str, where: str) -> int:
+        try:
+            label = int(value)
+        except (TypeError, ValueError):
+            label = -1
+        if not 0 <= label < self.num_labels or str(value).strip() not in (str(label), f"{label}.0"):
+            raise DataError(f"{where}: unknown label {value!r} in column '{column}' (expected 0..{self.num_labels - 1})")
+        return label
+
+    def _example(self, row: dict[str, Any], where: str, data: DataArguments) -> dict[str, Any]:
+        sequence = row.get("sequence")
+        if not sequence:
+            raise DataError(f"{where}: missing or empty column 'sequence'")
+        return {"sequence": str(sequence).strip(), "label": self.label_of(row, where, data)}
+
+    def _from_rows(self, rows, source: str, data: DataArguments) -> Dataset:
+        examples = [self._example(row, where, data) for where, row in rows]
+        if not examples:
+            raise DataError(f"{source}: no examples (empty split)")
+        return Dataset.from_list(examples)
+
+    def load_raw(self, data: DataArguments, cache_dir: Optional[str] = None) -> DatasetDict:
+        if data.train_file or data.validation_file:
+            splits = self._read_files(data)
+        elif data.data_dir:
+            splits = self._read_data_dir(data)
+        elif data.dataset_name or self.hub_id:
+            name = data.dataset_name or self.hub_id
+            raw = load_hub_or_disk(name, data.dataset_config_name or self.hub_config, cache_dir)
+            wanted = {"train": "train", "validation": "validation" if "validation" in raw else "test"}
+            missing = [source for source in wanted.values() if source not in raw]
+            if missing:
+                raise DataError(f"{name}: no split(s) {missing} (has {list(raw)})")
+            splits = {split: self._from_rows([(f"{name}[{source}] row {i}", r) for i, r in enumerate(raw[source])],
+                                             f"{name}[{source}]", data) for split, source in wanted.items()}
+        else:
+            raise DataError(f"{self.name}: no Hub copy; pass --data_dir, --train_file or --dataset_name")
+        splits = {s: truncate(d, data.max_train_samples if s == "train" else data.max_eval_samples)
+                  for s, d in splits.items()}
+        return DatasetDict(splits)
+
+    def _read_files(self, data: DataArguments) -> dict[str, Dataset]:
+        files = {"train": data.train_file, "validation": data.validation_file}
+        return {split: self._from_rows(read_table(path), path, data) for split, path in files.items() if path}
+
+    def _read_data_dir(self, data: DataArguments) -> dict[str, Dataset]:
+        split_files = sorted(glob.glob(os.path.join(data.data_dir, "*.pkl")) +
+                             glob.glob(os.path.join(data.data_dir, "*.json")))
+        if split_files:
+            return self._read_hotprotein(data, split_files[0])
+        return self._read_class_fastas(data)
+
+    def _read_class_fastas(self, data: DataArguments) -> dict[str, Dataset]:
+        found = sorted(glob.glob(os.path.join(data.data_dir, "*.fasta")))
+        stems = [os.path.splitext(os.path.basename(f))[0] for f in found]
+        names = list(self.class_files) or stems
+        missing = [n for n in names if n not in stems]
+        if missing or not found:
+            raise DataError(f"{data.data_dir}: missing class FASTA file(s) {missing or names} (found {stems})")
+        if len(names) != self.num_labels:
+            raise DataError(f"{data.data_dir}: {len(names)} class files for a {self.num_labels}-class task")
+        ids, sequences, labels = [], [], []
+        for label, stem in enumerate(names):
+            for name, seq in read_fasta(os.path.join(data.data_dir, f"{stem}.fasta")):
+                ids.append(f"{stem}.fasta:{name}")
+                sequences.append(seq)
+                labels.append(label)
+        split = stratified_split(labels, data.split_seed)
+        self.split_record = {"seed": data.split_seed, "classes": names,
+                             **{s: [ids[i] for i in idx] for s, idx in split.items()}}
+        return {s: Dataset.from_dict({"sequence": [sequences[i] for i in idx], "label": [labels[i] for i in idx]})
+                for s, idx in split.items() if s != "test"}
+
+    def _read_hotprotein(self, data: DataArguments, split_file: str) -> dict[str, Dataset]:
+        data_dir = data.data_dir
+        if split_file.endswith(".pkl"):
+            with open(split_file, "rb") as handle:
+                split = pickle.load(handle)
+        else:
+            with open(split_file, encoding="utf-8") as handle:
+                split = json.load(handle)
+        sequences: dict[str, str] = {}
+        for fasta in sorted(glob.glob(os.path.join(data_dir, "*.fasta")) + glob.glob(os.path.join(data_dir, "*.fa"))):
+            sequences.update(read_fasta(fasta))
+        out = {}
+        for split_name, prefix in (("train", "train"), ("validation", "test")):
+            for key in (f"{prefix}_names", f"{prefix}_labels"):
+                if key not in split:
+                    raise DataError(f"{split_file}: missing column '{key}'")
+            names, labels = list(split[f"{prefix}_names"]), list(split[f"{prefix}_labels"])
+            if len(names) != len(labels):
+                raise DataError(f"{split_file}: '{prefix}_names' and '{prefix}_labels' differ in length")
+            rows = []
+            for name, label in zip(names, labels):
+                if name not in sequences:
+                    raise DataError(f"{split_file}: '{prefix}_names' entry {name!r} has no sequence in the FASTA files")
+                rows.append((f"{split_file} {prefix}_labels[{name}]", {"sequence": sequences[name], "label": label}))
+            out[split_name] = self._from_rows(rows, f"{split_file} {prefix}", data)
+        return out
+
+    def load_model(self, model: ModelArguments, tokenizer, raw: DatasetDict):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(
+            self.checkpoint(model), num_labels=self.num_labels, cache_dir=model.cache_dir
+        )
+
+    def preprocess(self, raw: DatasetDict, tokenizer, data: DataArguments, model) -> DatasetDict:
+        max_length = data.max_seq_length or self.default_max_seq_length
+
+        def encode(batch):
+            enc = tokenizer(batch["sequence"], truncation=True, max_length=max_length)
+            enc["label"] = batch["label"]
+            return enc
+
+        return DatasetDict({s: ds.map(encode, batched=True, remove_columns=ds.column_names) for s, ds in raw.items()})
+
+    def data_collator(self, tokenizer, model):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def head_parameter_prefixes(self, model) -> tuple[str, ...]:
+        return ("classifier",)
+
+    def compute_metrics(self, tokenizer, raw_eval: Dataset, model):
+        def compute(eval_pred):
+            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+            return {"accuracy": accuracy(np.argmax(logits, axis=-1), eval_pred.label_ids)}
+
+        return compute
+
+
+class HotProteinS(ProteinTask):
+    """HP-S: sequences labelled with five organism temperature classes."""
+
+    name = "hp-s"
+    num_labels = 5
+
+
+class HotProteinS2C5(ProteinTask):
+    """HP-S2C5: the structure-annotated subset, five classes (ESM-IF1 in the paper)."""
+
+    name = "hp-s2c5"
+    num_labels = 5
+
+
+class HotProteinS2C2(ProteinTask):
+    """HP-S2C2: the structure-annotated subset, two classes."""
+
+    name = "hp-s2c2"
+    num_labels = 2
+
+
+class ThermoProt(ProteinTask):
+    """ThermoProt's four growth-temperature classes, the local stand-in for HotProtein (`../shared/data/protein/thermoprot`)."""
+
+    name = "thermoprot"
+    num_labels = 4
+    class_files = ("psychrophilic", "mesophilic", "thermophilic", "hyperthermophilic")
+
+
+class Meltome(ProteinTask):
+    """Meltome Atlas (FLIP layout), melting temperature binned into classes at `--label_thresholds`."""
+
+    name = "meltome"
+    default_thresholds = (60.0,)
+
+    def thresholds(self, data: DataArguments) -> list[float]:
+        if not data.label_thresholds:
+            return list(self.default_thresholds)
+        return sorted(float(x) for x in data.label_thresholds.split(","))
+
+    def load_raw(self, data: DataArguments, cache_dir: Optional[str] = None) -> DatasetDict:
+        self.num_labels = len(self.thresholds(data)) + 1
+        return super().load_raw(data, cache_dir)
+
+    def label_of(self, row, where, data):
+        if "target" not in row:
+            return super().label_of(row, where, data)
+        try:
+            tm = float(row["target"])
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: column 'target' is not a temperature: {row['target']!r}") from None
+        return int(np.searchsorted(self.thresholds(data), tm, side="right"))
+
+    def _read_files(self, data: DataArguments) -> dict[str, Dataset]:
+        if data.train_file and not data.validation_file:
+            rows = read_table(data.train_file)
+            if rows and "set" not in rows[0][1]:
+                raise DataError(f"{data.train_file}: missing column 'set' (needed to split a single FLIP file)")
+            by_set = {"train": [r for r in rows if r[1]["set"] == "train"],
+                      "validation": [r for r in rows if r[1]["set"] == "test"]}
+            return {s: self._from_rows(r, f"{data.train_file} set={s}", data) for s, r in by_set.items()}
+        return super()._read_files(data)
+
+    def _read_data_dir(self, data: DataArguments) -> dict[str, Dataset]:
+        files = sorted(glob.glob(os.path.join(data.data_dir, "*.csv")))
+        if not files:
+            raise DataError(f"{data.data_dir}: no FLIP meltome CSV (e.g. mixed_split.csv)")
+        return self._read_files(DataArguments(task=self.name, train_file=files[0], label_thresholds=data.label_thresholds))

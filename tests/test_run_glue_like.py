@@ -1,0 +1,138 @@
+"""End to end: `run_glue_like.main` on each task family with a tiny local model and data in the real format."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+import run_glue_like
+from tests.task_fixtures import (
+    TRANSLATION_PAIRS,
+    csqa_rows,
+    protein_sequences,
+    tiny_esm_dir,
+    tiny_mbart_dir,
+    tiny_roberta_dir,
+    winogrande_rows,
+    write_fasta,
+    write_jsonl,
+    write_race_dir,
+)
+
+ARITHMETIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                          "arithmetic")
+RESULT_KEYS = {"task", "metric_name", "metric", "metrics", "sparsity", "sparsity_config", "model_name_or_path",
+               "seed", "train_runtime"}
+
+
+def run(tmp_path, task, model_dir, *extra, method="omp_before", sparsity="0.5", steps="2"):
+    out = tmp_path / f"out-{task}"
+    results = run_glue_like.main([
+        "--task", task, "--model_name_or_path", model_dir, "--output_dir", str(out),
+        "--sparsity_method", method, "--sparsity", sparsity, "--max_steps", steps,
+        "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4", "--learning_rate", "1e-3",
+        "--save_strategy", "no", "--logging_steps", "1", "--use_cpu", "True", *extra,
+    ])
+    with open(out / "all_results.json", encoding="utf-8") as handle:
+        written = json.load(handle)
+    assert set(written) == RESULT_KEYS
+    assert written["task"] == task and written["metric"] == results["metric"]
+    assert written["sparsity_config"]["method"] == method
+    if method != "dense":
+        assert written["sparsity"]["achieved"] == pytest.approx(float(sparsity), abs=0.01)
+    return written
+
+
+def test_csqa_official_jsonl(tmp_path):
+    rows = csqa_rows(6)
+    train = write_jsonl(str(tmp_path / "train.jsonl"), rows)
+    dev = write_jsonl(str(tmp_path / "dev.jsonl"), rows[:4])
+    model = tiny_roberta_dir(str(tmp_path / "roberta"), ["Q: Where is money kept? A: bank library store mall park"])
+    result = run(tmp_path, "csqa", model, "--train_file", train, "--validation_file", dev)
+    assert result["metric_name"] == "accuracy"
+    assert result["metric"] in {0.0, 25.0, 50.0, 75.0, 100.0}  # 4 questions
+    assert result["metrics"]["eval_accuracy"] == result["metric"]
+    modules = result["sparsity"]["modules"]
+    assert modules and all(name.startswith("roberta.encoder.") for name in modules)
+
+
+def test_winogrande_hub_path_from_save_to_disk(tmp_path):
+    hub_dir = str(tmp_path / "winogrande")
+    rows = winogrande_rows(4)
+    DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows[:2])}).save_to_disk(
+        os.path.join(hub_dir, "winogrande_xl"))
+    model = tiny_roberta_dir(str(tmp_path / "roberta"), [rows[0]["sentence"] + " cup bag"])
+    result = run(tmp_path, "winogrande", model, "--dataset_name", hub_dir, method="gmp")
+    assert result["metric"] in {0.0, 50.0, 100.0}
+
+
+def test_race_release_layout_reports_levels_apart(tmp_path):
+    root = write_race_dir(str(tmp_path / "RACE"))
+    model = tiny_roberta_dir(str(tmp_path / "roberta"), ["Tom has a red ball and a blue kite. What colour green"])
+    result = run(tmp_path, "race", model, "--data_dir", root, "--max_seq_length", "64")
+    metrics = result["metrics"]
+    assert {"eval_middle_accuracy", "eval_high_accuracy", "eval_accuracy"} <= set(metrics)
+    pooled = (metrics["eval_middle_accuracy"] + metrics["eval_high_accuracy"]) / 2  # equal sizes
+    assert result["metric"] == pytest.approx(pooled)
+
+
+def test_mawps_real_fold_files(tmp_path):
+    texts = []
+    with open(os.path.join(ARITHMETIC, "cv_mawps", "fold0", "train.csv"), encoding="utf-8") as handle:
+        texts = [next(handle) for _ in range(200)]
+    model = tiny_roberta_dir(str(tmp_path / "enc"), texts, head="encoder")
+    result = run(tmp_path, "mawps", model, "--data_dir", ARITHMETIC, "--fold", "0", "--max_train_samples", "16",
+                 "--max_eval_samples", "8", steps="3")
+    assert result["metric_name"] == "answer_accuracy"
+    assert 0.0 <= result["metric"] <= 100.0 and result["metric"] * 8 / 100 == round(result["metric"] * 8 / 100)
+    assert "eval_equation_accuracy" in result["metrics"]
+    assert any(name.startswith("decoder.") for name in result["sparsity"]["modules"])
+
+
+def test_protein_class_fasta_dir_records_split(tmp_path):
+    data_dir = tmp_path / "thermo"
+    data_dir.mkdir()
+    for name, motif in [("psychrophilic", "AG"), ("mesophilic", "LV"), ("thermophilic", "KE"),
+                        ("hyperthermophilic", "RW")]:
+        write_fasta(str(data_dir / f"{name}.fasta"), protein_sequences(10, motif))
+    model = tiny_esm_dir(str(tmp_path / "esm"), num_labels=4)
+    result = run(tmp_path, "thermoprot", model, "--data_dir", str(data_dir), "--max_seq_length", "64")
+    assert result["metric"] in {0.0, 25.0, 50.0, 75.0, 100.0}  # 1 validation sequence per class
+    with open(tmp_path / "out-thermoprot" / "data_splits.json", encoding="utf-8") as handle:
+        split = json.load(handle)
+    assert (len(split["train"]), len(split["validation"]), len(split["test"])) == (32, 4, 4)
+
+
+def test_protein_hub_path_from_save_to_disk(tmp_path):
+    rows = [{"sequence": s, "label": i % 2} for i, s in enumerate(protein_sequences(6, "AGKE"))]
+    hub_dir = str(tmp_path / "hps2c2")
+    DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows[:4])}).save_to_disk(hub_dir)
+    model = tiny_esm_dir(str(tmp_path / "esm"), num_labels=2)
+    result = run(tmp_path, "hp-s2c2", model, "--dataset_name", hub_dir, method="dense", sparsity="0.0")
+    assert result["sparsity"]["achieved"] == 0.0 and result["metric"] in {0.0, 25.0, 50.0, 75.0, 100.0}
+
+
+def test_translation_jsonl_and_hub_path(tmp_path):
+    rows = [{"translation": {"en": en, "de": de}} for en, de in TRANSLATION_PAIRS]
+    train = write_jsonl(str(tmp_path / "train.jsonl"), rows)
+    model = tiny_mbart_dir(str(tmp_path / "mbart"), [t for pair in TRANSLATION_PAIRS for t in pair])
+    common = ("--generation_num_beams", "2", "--generation_max_length", "8")
+    result = run(tmp_path, "translation-2to2", model, "--train_file", train, "--validation_file", train, *common)
+    metrics = result["metrics"]
+    assert {"eval_en_XX-de_DE_bleu", "eval_de_DE-en_XX_bleu"} <= set(metrics)
+    assert result["metric"] == pytest.approx((metrics["eval_en_XX-de_DE_bleu"] + metrics["eval_de_DE-en_XX_bleu"]) / 2)
+
+    hub_dir = str(tmp_path / "opus")
+    DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows[:2])}).save_to_disk(
+        os.path.join(hub_dir, "de-en"))
+    result = run(tmp_path, "translation-2to2", model, "--dataset_name", hub_dir, *common, method="gmp")
+    assert 0.0 <= result["metric"] <= 100.0
+
+
+def test_task_defaults_fill_only_missing_training_arguments(tmp_path):
+    _, _, _, args = run_glue_like.parse_args(["--task", "csqa", "--output_dir", str(tmp_path), "--max_steps", "7"])
+    assert args.max_steps == 7 and args.learning_rate == 1e-5 and args.warmup_steps == 150
+    assert args.adam_beta2 == 0.98 and args.lr_scheduler_type == "polynomial"
