@@ -1,0 +1,55 @@
+"""`smc-bench report`: from the result files of a sweep to the CSV, the Markdown tables and the figures."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .plots import plot_all
+from .results import scan_results, write_json_atomic
+from .tables import aggregate, markdown, within_dense, write_csv
+
+REPORT_DIR = "report"
+
+
+@dataclass
+class BenchReport:
+    csv: str
+    markdown: str
+    json: str
+    figures: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    cells: int = 0
+    #: (task, method) -> largest sparsity within the tolerance of dense (None: not even the lowest).
+    within_dense: dict[tuple[str, str], Optional[float]] = field(default_factory=dict)
+
+
+def write_report(results_dir: str, out_dir: Optional[str] = None, tolerance: float = 1.0) -> BenchReport:
+    """Write summary.csv, summary.md, summary.json and one PNG per task into `out_dir` (default results/report).
+
+    Files that cannot be counted are listed in the Markdown and in `problems`, never averaged in.
+    """
+    out_dir = out_dir or os.path.join(results_dir, REPORT_DIR)
+    results, problems = scan_results(results_dir)
+    groups = aggregate(results)
+    os.makedirs(out_dir, exist_ok=True)
+    report = BenchReport(os.path.join(out_dir, "summary.csv"), os.path.join(out_dir, "summary.md"),
+                         os.path.join(out_dir, "summary.json"), problems=problems, cells=len(results))
+    write_csv(groups, report.csv)
+    heading = f"# SMC-Bench results: {len(results)} cells from `{results_dir}`\n\n"
+    with open(report.markdown, "w", encoding="utf-8") as handle:
+        handle.write(heading + markdown(groups, tolerance, problems))
+    within = report.within_dense = within_dense(groups, tolerance)
+    write_json_atomic(report.json, {
+        "results_dir": results_dir,
+        "tolerance": tolerance,
+        "groups": [{"task": g.task, "method": g.method, "legend": g.legend, "sparsity": g.sparsity,
+                    "metric_name": g.metric_name, "n": g.n, "mean": g.mean, "std": g.std, "values": list(g.values),
+                    "seeds": list(g.seeds), "achieved_sparsity": g.achieved_sparsity} for g in groups],
+        "max_sparsity_within_dense": [{"task": t, "method": m, "sparsity": s} for (t, m), s in within.items()],
+        "problems": problems,
+    })
+    report.figures = plot_all(groups, out_dir)
+    return report
+

@@ -1,0 +1,162 @@
+"""Result tables: mean ± std over seeds per (task, method, sparsity), as CSV and as Markdown.
+
+Also the benchmark's headline number per method: the largest sparsity up to which it stays within a
+tolerance (1 point by default) of the dense model.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from .grid import DENSE, MethodSpec, format_sparsity
+from .names import dataset_title, legend_rank, metric_label
+from .results import CellResult
+
+#: Achieved sparsity further than this from the target is pointed out under the table.
+SPARSITY_TOLERANCE = 0.005
+
+CSV_COLUMNS = ["task", "method", "legend", "sparsity", "metric_name", "n", "mean", "std", "min", "max",
+               "achieved_sparsity", "seeds", "values"]
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """One point of a curve: a method at a sparsity, over its seeds."""
+
+    task: str
+    method: str
+    sparsity: float
+    metric_name: str
+    values: tuple[float, ...]
+    seeds: tuple[int, ...]
+    achieved_sparsity: float
+    models: tuple[str, ...]
+
+    @property
+    def legend(self) -> str:
+        return MethodSpec.parse(self.method).legend
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> Optional[float]:
+        """Sample standard deviation over seeds; None for a single seed."""
+        return statistics.stdev(self.values) if self.n > 1 else None
+
+    def cell_text(self, n_expected: int) -> str:
+        text = f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+        return text if self.n == n_expected else f"{text} (n={self.n})"
+
+
+def aggregate(results: Iterable[CellResult]) -> list[GroupStats]:
+    """Group cell results over seeds, sorted by task, the paper's legend order and sparsity."""
+    groups: dict[tuple[str, str, float], list[CellResult]] = {}
+    metric_names: dict[str, tuple[str, str]] = {}
+    for result in results:
+        seen = metric_names.setdefault(result.task, (result.metric_name, result.path))
+        if seen[0] != result.metric_name:
+            raise ValueError(f"task {result.task!r} mixes metrics: {seen[0]!r} in {seen[1]}, "
+                             f"{result.metric_name!r} in {result.path}")
+        groups.setdefault((result.task, result.method, round(result.sparsity, 6)), []).append(result)
+    stats = []
+    for (task, method, sparsity), members in groups.items():
+        members.sort(key=lambda r: r.seed)
+        stats.append(GroupStats(
+            task, method, sparsity, members[0].metric_name,
+            tuple(r.metric for r in members), tuple(r.seed for r in members),
+            statistics.fmean(r.achieved_sparsity for r in members), tuple(sorted({r.model for r in members})),
+        ))
+    stats.sort(key=lambda g: (g.task, legend_rank(g.method), g.sparsity))
+    return stats
+
+
+def tasks_of(groups: Iterable[GroupStats]) -> list[str]:
+    return list(dict.fromkeys(g.task for g in groups))
+
+
+def dense_baseline(groups: Iterable[GroupStats], task: str) -> Optional[GroupStats]:
+    return next((g for g in groups if g.task == task and g.method == DENSE), None)
+
+
+def within_dense(groups: list[GroupStats], tolerance: float = 1.0) -> dict[tuple[str, str], Optional[float]]:
+    """(task, method) -> the largest sparsity up to which every tested sparsity is within `tolerance` of dense.
+
+    None when the method is already further away at its lowest sparsity; tasks without a dense run are left out.
+    """
+    out: dict[tuple[str, str], Optional[float]] = {}
+    for task in tasks_of(groups):
+        dense = dense_baseline(groups, task)
+        if dense is None:
+            continue
+        for method in dict.fromkeys(g.method for g in groups if g.task == task and g.method != DENSE):
+            best = None
+            for group in sorted((g for g in groups if g.task == task and g.method == method), key=lambda g: g.sparsity):
+                if group.mean < dense.mean - tolerance:
+                    break
+                best = group.sparsity
+            out[(task, method)] = best
+    return out
+
+
+def write_csv(groups: Iterable[GroupStats], path: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for g in groups:
+            writer.writerow([
+                g.task, g.method, g.legend, format_sparsity(g.sparsity), g.metric_name, g.n, repr(g.mean),
+                "" if g.std is None else repr(g.std), repr(min(g.values)), repr(max(g.values)),
+                repr(g.achieved_sparsity), " ".join(map(str, g.seeds)), " ".join(map(repr, g.values)),
+            ])
+
+
+def markdown(groups: list[GroupStats], tolerance: float = 1.0, problems: Iterable[str] = ()) -> str:
+    """One table per task: methods (rows) x sparsity (columns), the dense row, and the within-dense column."""
+    within = within_dense(groups, tolerance)
+    lines: list[str] = []
+    for task in tasks_of(groups):
+        rows = [g for g in groups if g.task == task]
+        sparsities = sorted({g.sparsity for g in rows if g.method != DENSE})
+        n_expected = max(g.n for g in rows)
+        models = sorted({m for g in rows for m in g.models})
+        dense = dense_baseline(groups, task)
+        lines += [f"## {dataset_title(task)} (`{task}`)", ""]
+        spread = "mean ± sample std" if n_expected > 1 else "one seed"
+        lines += [f"{metric_label(rows[0].metric_name)}, {spread} over {n_expected} seed(s) per cell; "
+                  f"model: {', '.join(f'`{m}`' for m in models) or 'the task default'}.", ""]
+        header = ["method", "dense"] + [format_sparsity(s) for s in sparsities]
+        header.append(f"max sparsity within {tolerance:g} of dense")
+        lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        for method in dict.fromkeys(g.method for g in rows):
+            by_sparsity = {g.sparsity: g for g in rows if g.method == method}
+            legend = next(iter(by_sparsity.values())).legend
+            if method == DENSE:
+                cells = [by_sparsity[0.0].cell_text(n_expected)] + [""] * len(sparsities) + [""]
+            else:
+                cells = [""] + [by_sparsity[s].cell_text(n_expected) if s in by_sparsity else "" for s in sparsities]
+                if dense is None:
+                    cells.append("no dense run")
+                else:
+                    best = within.get((task, method))
+                    cells.append("none" if best is None else format_sparsity(best))
+            lines.append("| " + " | ".join([legend] + cells) + " |")
+        off = [g for g in rows if g.method != DENSE and abs(g.achieved_sparsity - g.sparsity) > SPARSITY_TOLERANCE]
+        if off:
+            lines += ["", "Achieved sparsity differs from the target: " + "; ".join(
+                f"{g.legend} at {format_sparsity(g.sparsity)}: {g.achieved_sparsity:.4f}" for g in off) + "."]
+        lines.append("")
+    problems = list(problems)
+    if problems:
+        lines += ["## Result files not counted", ""] + [f"- {p}" for p in problems] + [""]
+    if not lines:
+        lines = ["No results yet.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""`smc-bench`: run the SMC-Bench grid through run_glue_like.py, then tabulate and plot it.
+
+    smc-bench run --tasks csqa,svamp --methods omp_after,lth,gmp,snip,rigl:snip --sparsities paper \
+        --seeds 1,2,3 --model roberta-large --output results/ -- --max_steps 3000
+    smc-bench run ... --print-commands > cells.txt     # one line per pending cell, for a job array
+    smc-bench report results/                           # results/report/{summary.csv,summary.md,<task>.png}
+
+Arguments after `--` go to every run; `--task-args csqa="--train_file a.jsonl --validation_file b.jsonl"`
+to one task's runs. Finished cells are skipped, so the same command resumes a killed sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from typing import Optional
+
+
+def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def _task_args(items: list[str], tasks: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        task, sep, args = item.partition("=")
+        if not sep or not task:
+            raise ValueError(f"--task-args wants TASK=ARGS, got {item!r}")
+        if task not in tasks:
+            raise ValueError(f"--task-args names task {task!r}, which is not in --tasks ({', '.join(tasks)})")
+        out.setdefault(task, []).extend(shlex.split(args))
+    return out
+
+
+def _check_tasks(tasks: list[str], entry: str) -> None:
+    """Task names are checked against the task registry when the sweep runs the project's own entry script."""
+    from smc_hf.bench import default_entry
+
+    if os.path.abspath(entry) != os.path.abspath(default_entry()):
+        return
+    try:
+        from tasks import TASKS
+    except ImportError:
+        return
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(TASKS))}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smc-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or print the commands of) every cell of the grid")
+    run.add_argument("--tasks", required=True, help="comma-separated task names (see tasks.TASKS)")
+    run.add_argument("--methods", required=True,
+                     help="comma-separated methods; rigl:omp, rigl:snip, rigl:random pick RigL's initial mask")
+    run.add_argument("--sparsities", default="paper",
+                     help="'paper' (0.2 ... 0.893, the ten LTH-round sparsities) or a comma-separated list")
+    run.add_argument("--seeds", default="1", help="comma-separated seeds (default: 1)")
+    run.add_argument("--model", help="--model_name_or_path for every run (default: each task's checkpoint)")
+    run.add_argument("--output", required=True, help="results directory (one folder per cell)")
+    run.add_argument("--entry", help="entry script (default: run_glue_like.py at the repository root)")
+    run.add_argument("--task-args", action="append", default=[], metavar="TASK=ARGS",
+                     help="extra arguments for one task's runs, e.g. svamp='--data_dir data/arithmetic'")
+    run.add_argument("--no-dense", action="store_true", help="do not add the dense baseline cells")
+    run.add_argument("--accelerate", action="store_true", help="start each run with `accelerate launch`")
+    run.add_argument("--accelerate-args", default="",
+                     help="arguments for `accelerate launch`, e.g. '--num_processes 4'")
+    run.add_argument("--print-commands", action="store_true",
+                     help="print one `smc-bench run` line per pending cell (for a cluster job array) and exit")
+    run.add_argument("--delete-run-dirs", action="store_true",
+                     help="delete each cell's checkpoints and weights once its result is recorded")
+    run.add_argument("--stop-on-error", action="store_true", help="stop at the first failed cell")
+
+    report = sub.add_parser("report", help="tables (CSV, Markdown) and one figure per task from a results directory")
+    report.add_argument("results_dir")
+    report.add_argument("--out", help="where to write (default: RESULTS_DIR/report)")
+    report.add_argument("--tolerance", type=float, default=1.0,
+                        help="metric points from dense that still count as matching it (default: 1)")
+    return parser
+
+
+def _run(opts: argparse.Namespace, passthrough: list[str]) -> int:
+    from smc_hf.bench import Launcher, build_grid, default_entry, parse_methods, parse_seeds, parse_sparsities
+    from smc_hf.bench.grid import parse_list
+    from smc_hf.bench.sweep import pending_cells, run_sweep
+
+    tasks = parse_list(opts.tasks, "tasks")
+    entry = opts.entry or default_entry()
+    _check_tasks(tasks, entry)
+    cells = build_grid(tasks, parse_methods(opts.methods), parse_sparsities(opts.sparsities),
+                       parse_seeds(opts.seeds), dense=not opts.no_dense)
+    launcher = Launcher(entry, opts.model, passthrough, _task_args(opts.task_args, tasks), opts.accelerate,
+                        shlex.split(opts.accelerate_args))
+    if opts.print_commands:
+        pending = pending_cells(cells, opts.output, opts.model)
+        for cell in pending:
+            print(launcher.cell_line(cell, opts.output))
+        print(f"# {len(pending)} of {len(cells)} cells pending", file=sys.stderr)
+        return 0
+    os.makedirs(opts.output, exist_ok=True)
+    summary = run_sweep(cells, opts.output, launcher, opts.delete_run_dirs, opts.stop_on_error)
+    print(f"done: {len(summary.completed)} run, {len(summary.skipped)} skipped (already done), "
+          f"{len(summary.redone)} redone, {len(summary.failed)} failed", file=sys.stderr)
+    for cell, error in summary.failed:
+        print(f"  failed: {cell}: {error.splitlines()[0]}", file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+def _report(opts: argparse.Namespace) -> int:
+    from smc_hf.bench import write_report
+    from smc_hf.bench.grid import format_sparsity
+
+    report = write_report(opts.results_dir, opts.out, opts.tolerance)
+    for problem in report.problems:
+        print(f"not counted: {problem}", file=sys.stderr)
+    print(f"{report.cells} cells -> {report.csv}, {report.markdown}, {len(report.figures)} figure(s)")
+    for (task, method), sparsity in report.within_dense.items():
+        best = "none" if sparsity is None else format_sparsity(sparsity)
+        print(f"  {task} {method}: within {opts.tolerance:g} of dense up to sparsity {best}")
+    return 0 if report.cells else 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, passthrough = _split_passthrough(argv)
+    parser = build_parser()
+    opts = parser.parse_args(own)
+    if opts.command == "report" and passthrough:
+        parser.error("report takes no arguments after --")
+    try:
+        return _run(opts, passthrough) if opts.command == "run" else _report(opts)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"smc-bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

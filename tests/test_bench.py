@@ -1,0 +1,307 @@
+"""smc-bench with a stand-in entry script (no training): grid, resume after a kill, malformed results, tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from smc_hf.bench import (
+    PAPER_SPARSITIES,
+    Launcher,
+    MethodSpec,
+    ResultError,
+    aggregate,
+    build_grid,
+    parse_methods,
+    parse_seeds,
+    parse_sparsities,
+    read_result,
+    run_sweep,
+    scan_results,
+    within_dense,
+    write_report,
+)
+from smc_hf.bench.results import CellResult, read_run_results, write_json_atomic
+from smc_hf.bench.sweep import inspect, pending_cells
+from smc_hf.cli import bench as cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Follows run_glue_like.py's contract; logs each call; on FAKE_KILL_AT="method/sparsity" kills the sweep
+# (its parent) once, mid-cell; on FAKE_FAIL="method" exits with an error.
+FAKE_ENTRY = textwrap.dedent("""
+    import argparse, json, os, signal, sys
+    p = argparse.ArgumentParser()
+    for k in ("--task", "--sparsity_method", "--output_dir", "--model_name_or_path", "--rigl_init"):
+        p.add_argument(k)
+    p.add_argument("--sparsity", type=float)
+    p.add_argument("--seed", type=int)
+    a, rest = p.parse_known_args()
+    with open(os.environ["FAKE_LOG"], "a") as f:
+        f.write(json.dumps([a.task, a.sparsity_method, a.sparsity, a.seed, rest]) + "\\n")
+    os.makedirs(a.output_dir, exist_ok=True)
+    if os.environ.get("FAKE_KILL_AT") == f"{a.sparsity_method}/{a.sparsity:g}":
+        marker = os.environ["FAKE_LOG"] + ".killed"
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getppid(), signal.SIGKILL)
+            sys.exit(3)
+    if os.environ.get("FAKE_FAIL") == a.sparsity_method:
+        print("Traceback: something broke in the run", file=sys.stderr)
+        sys.exit(1)
+    drop = {"dense": 0.0, "omp_before": 30.0, "random_before": 60.0}.get(a.sparsity_method, 45.0)
+    metric = 80.0 - drop * a.sparsity ** 2 + 0.25 * a.seed
+    with open(os.path.join(a.output_dir, "all_results.json"), "w") as f:
+        json.dump({"task": a.task, "metric_name": "accuracy", "metric": metric, "metrics": {"eval_accuracy": metric},
+                   "sparsity": {"target": a.sparsity, "achieved": a.sparsity, "selected_numel": 64,
+                                "zeros": round(64 * a.sparsity), "modules": {}},
+                   "sparsity_config": {"method": a.sparsity_method, "sparsity": a.sparsity,
+                                       "rigl_init": a.rigl_init or "omp"},
+                   "model_name_or_path": a.model_name_or_path, "seed": a.seed, "train_runtime": 0.01}, f)
+""")
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    entry = tmp_path / "fake_entry.py"
+    entry.write_text(FAKE_ENTRY)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return str(entry), calls
+
+
+def sweep_argv(entry, out, *extra):
+    return ["run", "--tasks", "toy", "--methods", "omp_before,random_before", "--sparsities", "0.25,0.5",
+            "--seeds", "1", "--model", "tiny", "--output", str(out), "--entry", entry, *extra,
+            "--", "--max_steps", "2"]
+
+
+def test_grid_parsing_and_validation():
+    assert parse_sparsities("paper") == list(PAPER_SPARSITIES)
+    assert PAPER_SPARSITIES == (0.2, 0.36, 0.488, 0.59, 0.672, 0.738, 0.791, 0.8325, 0.866, 0.893)
+    assert parse_sparsities("0.5, paper, 0.2") == [0.5] + list(PAPER_SPARSITIES)
+    assert parse_seeds("3,1,3") == [3, 1]
+    assert [m.spec for m in parse_methods("omp,omp_before,gmp,random_after")] == ["omp_before", "gmp", "random_after"]
+    for bad in ("1.0", "0", "-0.1", "abc", "nan", ""):
+        with pytest.raises(ValueError):
+            parse_sparsities(bad)
+    with pytest.raises(ValueError, match="unknown sparsity method"):
+        parse_methods("omp_after,nope")
+    with pytest.raises(ValueError, match="only rigl takes an initial mask"):
+        MethodSpec.parse("gmp:snip")
+    with pytest.raises(ValueError, match="seeds must be integers"):
+        parse_seeds("1,x")
+
+    cells = build_grid(["a", "b"], parse_methods("omp_after,gmp"), [0.2, 0.5], [1, 2])
+    assert len(cells) == 2 * (2 * 2 * 2 + 2)  # per task: 2 methods x 2 sparsities x 2 seeds, plus dense x 2 seeds
+    dense = [c for c in cells if c.method.spec == "dense"]
+    assert len(dense) == 4 and {c.sparsity for c in dense} == {0.0}
+    assert len({c.relpath for c in cells}) == len(cells)
+    assert {c.training_runs for c in cells if c.method.spec == "omp_after"} == {2}  # dense round + re-training
+    assert {c.training_runs for c in cells if c.method.spec == "gmp"} == {1}
+    assert len(build_grid(["a"], parse_methods("gmp"), [0.2], [1], dense=False)) == 1
+
+
+def test_legend_names_follow_the_paper():
+    assert [MethodSpec.parse(m).legend for m in ("dense", "omp_after", "random_after", "gmp", "omp", "random")] == [
+        "Dense", "OMP (After)", "Random (After)", "GMP (During)", "OMP (Before)", "Random (Before)"]
+
+
+def test_sweep_resumes_after_being_killed_and_report_equals_cell_files(fake, tmp_path):
+    entry, calls = fake
+    out = tmp_path / "results"
+    env = dict(os.environ, FAKE_KILL_AT="random_before/0.25", PYTHONPATH=ROOT)
+    killed = subprocess.run([sys.executable, "-m", "smc_hf.cli.bench", *sweep_argv(entry, out)], env=env,
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before_kill = [tuple(c[1:3]) for c in calls()]
+    assert before_kill == [("dense", 0.0), ("omp_before", 0.25), ("omp_before", 0.5), ("random_before", 0.25)]
+    assert calls()[0][4] == ["--max_steps", "2"]  # arguments after -- reach every run
+    done_files = sorted(str(p) for p in out.rglob("result.json"))
+    assert len(done_files) == 3
+    snapshot = {p: open(p).read() for p in done_files}
+    assert not (out / "toy/random_before/sparsity-0.25/seed-1/result.json").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "smc_hf.cli.bench", *sweep_argv(entry, out)], env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "5 cells: 3 done, 2 to run" in resumed.stderr
+    assert [tuple(c[1:3]) for c in calls()[4:]] == [("random_before", 0.25), ("random_before", 0.5)]
+    assert {p: open(p).read() for p in done_files} == snapshot  # finished cells untouched
+
+    result = read_result(str(out / "toy/random_before/sparsity-0.25/seed-1/result.json"), str(out))
+    assert result.metric == 80.0 - 60.0 * 0.25 ** 2 + 0.25 and result.model == "tiny"
+    raw = json.loads((out / "toy/random_before/sparsity-0.25/seed-1/result.json").read_text())
+    assert raw["complete"] is True and list(raw)[-1] == "complete"
+    assert {"torch", "transformers", "smc_hf", "python"} <= set(raw["versions"])
+    assert raw["wall_time_s"] > 0 and raw["sparsity_config"]["method"] == "random_before"
+
+    assert cli.main(["report", str(out)]) == 0
+    cell_metrics = {}
+    for path in out.rglob("result.json"):
+        data = json.loads(path.read_text())
+        cell_metrics[(data["cell"]["method"], data["cell"]["sparsity"])] = data["metric"]
+    with open(out / "report" / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(cell_metrics) == 5
+    for row in rows:
+        assert float(row["mean"]) == cell_metrics[(row["method"], float(row["sparsity"]))]
+        assert row["n"] == "1" and row["std"] == "" and row["seeds"] == "1"
+    md = (out / "report" / "summary.md").read_text()
+    assert "| Dense | 80.25 |" in md
+    low, high = cell_metrics[("omp_before", 0.25)], cell_metrics[("omp_before", 0.5)]
+    assert f"| OMP (Before) |  | {low:.2f} | {high:.2f} |" in md
+    png = (out / "report" / "toy.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_malformed_result_is_reported_and_redone(fake, tmp_path):
+    entry, calls = fake
+    out = tmp_path / "results"
+    cells = build_grid(["toy"], parse_methods("omp_before"), [0.25, 0.5], [1])
+    launcher = Launcher(entry, "tiny")
+    assert run_sweep(cells, str(out), launcher, log=lambda m: None).ok
+    broken = out / "toy/omp_before/sparsity-0.5/seed-1/result.json"
+    text = broken.read_text()
+    broken.write_text(text[: len(text) // 2])  # a file cut short
+    partial = out / "toy/omp_before/sparsity-0.25/seed-1/result.json"
+    data = json.loads(partial.read_text())
+    del data["complete"]
+    partial.write_text(json.dumps(data))
+
+    results, problems = scan_results(str(out))
+    assert len(results) == 1 and len(problems) == 2  # the report counts neither
+    assert any("malformed or partial JSON" in p and "sparsity-0.5" in p for p in problems)
+    assert any("no completion marker" in p and "sparsity-0.25" in p for p in problems)
+    report = write_report(str(out))
+    assert report.cells == 1 and "Result files not counted" in open(report.markdown).read()
+
+    messages = []
+    n_calls = len(calls())
+    summary = run_sweep(cells, str(out), launcher, log=messages.append)
+    assert len(summary.redone) == 2 and len(summary.completed) == 2 and len(summary.skipped) == 1
+    assert any("redoing toy omp_before s=0.5" in m for m in messages)
+    assert [tuple(c[1:3]) for c in calls()[n_calls:]] == [("omp_before", 0.25), ("omp_before", 0.5)]
+    assert (broken.parent / "result.json.rejected").read_text() == text[: len(text) // 2]
+    assert read_result(str(broken), str(out)).metric == 80.0 - 30.0 * 0.25 + 0.25
+    assert pending_cells(cells, str(out), "tiny") == []
+
+
+def test_failed_cell_is_reported_with_its_log_and_not_recorded(fake, tmp_path, monkeypatch, capsys):
+    entry, _ = fake
+    monkeypatch.setenv("FAKE_FAIL", "random_before")
+    out = tmp_path / "results"
+    assert cli.main(sweep_argv(entry, out)) == 1
+    err = capsys.readouterr().err
+    assert "FAILED toy random_before s=0.25" in err and "something broke in the run" in err
+    assert "3 run, 0 skipped (already done), 0 redone, 2 failed" in err
+    assert not list((out / "toy" / "random_before").rglob("result.json"))
+    assert "something broke" in (out / "toy/random_before/sparsity-0.5/seed-1/run.log").read_text()
+
+
+def test_print_commands_lists_pending_cells_as_runnable_lines(fake, tmp_path, capsys):
+    entry, calls = fake
+    out = tmp_path / "results"
+    assert cli.main(sweep_argv(entry, out, "--task-args", "toy=--data_dir 'a b'")) == 0
+    (out / "toy/omp_before/sparsity-0.5/seed-1/result.json").unlink()
+    (out / "toy/dense/sparsity-0/seed-1/result.json").unlink()
+    capsys.readouterr()
+    n_calls = len(calls())
+    assert cli.main(sweep_argv(entry, out, "--task-args", "toy=--data_dir 'a b'", "--print-commands")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and len(calls()) == n_calls  # printing runs nothing
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[:2] == ["smc-bench", "run"] and "--no-dense" in argv
+        assert cli.main(argv[1:]) == 0
+    ran = calls()[n_calls:]
+    assert [tuple(c[1:3]) for c in ran] == [("dense", 0.0), ("omp_before", 0.5)]
+    assert all(c[4] == ["--data_dir", "a b", "--max_steps", "2"] for c in ran)
+    assert pending_cells(build_grid(["toy"], parse_methods("omp_before,random_before"), [0.25, 0.5], [1]),
+                         str(out), "tiny") == []
+
+
+def test_bad_input_fails_before_any_run(fake, tmp_path, capsys):
+    entry, calls = fake
+    out = tmp_path / "results"
+    assert cli.main(["run", "--tasks", "toy", "--methods", "omp_before", "--sparsities", "0.5,1.5",
+                     "--output", str(out), "--entry", entry]) == 2
+    assert cli.main(["run", "--tasks", "toy", "--methods", "omp_before", "--output", str(out),
+                     "--entry", str(tmp_path / "missing.py")]) == 2
+    assert cli.main(["run", "--tasks", "toy", "--methods", "omp_before", "--output", str(out), "--entry", entry,
+                     "--task-args", "other=--x 1"]) == 2
+    assert cli.main(["run", "--tasks", "nosuchtask", "--methods", "omp_before", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "must be in (0, 1)" in err and "not found" in err and "not in --tasks" in err
+    assert "unknown task(s) nosuchtask" in err
+    assert calls() == []
+    # a results folder from another model is refused rather than mixed
+    assert cli.main(sweep_argv(entry, out)) == 0
+    with pytest.raises(ValueError, match="produced with model 'tiny'"):
+        inspect(build_grid(["toy"], parse_methods("omp_before"), [0.25], [1]), str(out), "other-model")
+
+
+def test_result_files_are_checked_field_by_field(tmp_path):
+    cell = build_grid(["toy"], parse_methods("omp_before"), [0.5], [1], dense=False)[0]
+    run = {"task": "toy", "metric_name": "accuracy", "metric": 50.0, "sparsity": {"achieved": 0.5},
+           "sparsity_config": {"method": "omp_before", "sparsity": 0.5}}
+    path = str(tmp_path / "all_results.json")
+    for change, message in [({"task": "other"}, "task is 'other'"), ({"metric": float("nan")}, "not a finite"),
+                            ({"sparsity_config": {"method": "gmp", "sparsity": 0.5}}, "ran method 'gmp'"),
+                            ({"sparsity_config": {"method": "omp_before", "sparsity": 0.4}}, "ran at sparsity 0.4"),
+                            ({"metric": "50"}, "wrong type")]:
+        write_json_atomic(path, {**run, **change})
+        with pytest.raises(ResultError, match=message):
+            read_run_results(path, cell)
+    write_json_atomic(path, run)
+    assert read_run_results(path, cell)["metric"] == 50.0
+    with open(path, "w") as handle:
+        handle.write("[1, 2]")
+    with pytest.raises(ResultError, match="expected a JSON object"):
+        read_run_results(path, cell)
+
+    from smc_hf.bench.results import build_result
+
+    misplaced = tmp_path / "results" / "toy" / "gmp" / "sparsity-0.5" / "seed-1"
+    misplaced.mkdir(parents=True)
+    write_json_atomic(str(misplaced / "result.json"), build_result(cell, "m", run, ["cmd"], 1.0))
+    with pytest.raises(ResultError, match="whose folder is toy/omp_before/sparsity-0.5/seed-1"):
+        read_result(str(misplaced / "result.json"), str(tmp_path / "results"))
+    assert read_result(str(misplaced / "result.json")).metric == 50.0
+
+
+def _result(method, sparsity, seed, metric, task="t", metric_name="accuracy"):
+    return CellResult(task, method, sparsity, seed, "m", metric_name, metric, sparsity, 1.0, f"{method}/{seed}")
+
+
+def test_aggregation_and_within_dense():
+    results = [_result("dense", 0.0, s, v) for s, v in [(1, 80.0), (2, 82.0), (3, 81.0)]]
+    # omp_after: within 1 point (>= 80.0) at 0.2 and 0.36, not at 0.488, back within at 0.59: "stays" stops at 0.36
+    for sparsity, values in [(0.2, [81.0, 80.0, 79.5]), (0.36, [80.0, 80.0, 80.0]), (0.488, [79.0, 79.0, 79.5]),
+                             (0.59, [81.0, 81.0, 81.0])]:
+        results += [_result("omp_after", sparsity, seed, v) for seed, v in enumerate(values, 1)]
+    results += [_result("random_before", 0.2, 1, 60.0), _result("random_before", 0.36, 1, 90.0)]
+    groups = aggregate(results)
+    assert [(g.method, g.sparsity) for g in groups][:2] == [("dense", 0.0), ("omp_after", 0.2)]
+    dense = groups[0]
+    assert dense.mean == 81.0 and dense.std == 1.0 and dense.seeds == (1, 2, 3)
+    first = groups[1]
+    assert first.mean == pytest.approx((81.0 + 80.0 + 79.5) / 3) and first.n == 3
+    assert groups[-1].std is None
+    within = within_dense(groups, tolerance=1.0)
+    assert within == {("t", "omp_after"): 0.36, ("t", "random_before"): None}
+    assert within_dense(groups, tolerance=2.0)[("t", "omp_after")] == 0.59
+    with pytest.raises(ValueError, match="mixes metrics"):
+        aggregate([_result("dense", 0.0, 1, 1.0), _result("gmp", 0.5, 1, 1.0, metric_name="bleu")])
