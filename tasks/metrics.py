@@ -18,13 +18,13 @@ def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
 
 
 def answer_accuracy(
-    expressions: Sequence[Sequence[str]], numbers: Sequence[Sequence[float]], answers: Sequence[float]
+    expressions: Sequence[Sequence[str]], numbers: Sequence[Sequence[float]], targets: Sequence[float]
 ) -> float:
-    """Percentage of predicted prefix expressions whose value, with the problem's numbers, equals the answer."""
-    if not (len(expressions) == len(numbers) == len(answers)) or not answers:
-        raise ValueError("answer_accuracy needs as many expressions, number lists and answers, at least one")
-    hits = sum(answer_matches(evaluate_prefix(e, n), a) for e, n, a in zip(expressions, numbers, answers))
-    return 100.0 * hits / len(answers)
+    """Percentage of predicted prefix expressions whose value, with the problem's numbers, is the target (1e-4)."""
+    if not (len(expressions) == len(numbers) == len(targets)) or not targets:
+        raise ValueError("answer_accuracy needs as many expressions, number lists and targets, at least one")
+    hits = sum(answer_matches(evaluate_prefix(e, n), t) for e, n, t in zip(expressions, numbers, targets))
+    return 100.0 * hits / len(targets)
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:

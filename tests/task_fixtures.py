@@ -126,5 +126,5 @@ def protein_sequences(n: int, motif: str) -> list[str]:
 
 TRANSLATION_PAIRS = [
     ("the cat sleeps", "die katze schläft"), ("the dog runs", "der hund läuft"),
-    ("a bird sings", "ein vogel singt"), ("the sun shines", "die sonne scheint"),
+    ("a bird sings", "ein vogel singt"), ("the sun shines", "die sonne scheint"), ("and", "und"),
 ]

@@ -1,0 +1,95 @@
+"""Arithmetic: the real SVAMP-release CSVs, data errors, the solver's constrained decoding, the collator."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from tasks import DataArguments, DataError, get_task
+from tasks.arithmetic import ArithmeticCollator, cross_validation_mean, gold_value, output_constants, read_problems
+from tasks.arithmetic_model import ArithmeticSolver, ArithmeticSolverConfig
+from tasks.prefix_expr import OPERATORS, is_complete_prefix
+from transformers import RobertaConfig
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "arithmetic")
+
+
+def test_real_mawps_fold0():
+    train = read_problems(os.path.join(DATA, "cv_mawps", "fold0", "train.csv"))
+    dev = read_problems(os.path.join(DATA, "cv_mawps", "fold0", "dev.csv"))
+    assert (len(train), len(dev)) == (1537, 384)
+    assert dev[0]["equation"] == ["*", "number0", "number1"] and dev[0]["numbers"] == [56.0, 9.0]
+    assert output_constants([r["equation"] for r in train]) == ["0.01", "1.0", "12.0", "100.0", "3.0", "4.0", "0.5",
+                                                                "7.0"]
+    # Answer is rounded in 3 dev rows: the score compares with the gold expression's value.
+    assert gold_value(["/", "number0", "number1"], [40.0, 7.0], 5.0) == pytest.approx(40 / 7)
+
+
+def test_task_resolves_folds_and_the_svamp_setting():
+    mawps = get_task("mawps").load_raw(DataArguments(task="mawps", data_dir=DATA, fold=3))
+    assert (len(mawps["train"]), len(mawps["validation"])) == (1537, 384)
+    asdiv = get_task("asdiv-a").load_raw(DataArguments(task="asdiv-a", data_dir=DATA, fold=4))
+    assert (len(asdiv["train"]), len(asdiv["validation"])) == (951, 266)
+    svamp = get_task("svamp").load_raw(DataArguments(task="svamp", data_dir=DATA))
+    assert (len(svamp["train"]), len(svamp["validation"])) == (3138, 1000)
+
+
+def _csv(path, header, rows):
+    path.write_text(header + "\n" + "".join(r + "\n" for r in rows))
+    return str(path)
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    path = _csv(tmp_path / "train.csv", "Question,Numbers,Answer", ['"a number0 b",3,3'])
+    with pytest.raises(DataError, match=r"train\.csv: missing column\(s\) \['Equation'\]"):
+        read_problems(path)
+
+
+def test_bad_placeholder_and_empty_split(tmp_path):
+    path = _csv(tmp_path / "dev.csv", "Question,Numbers,Equation,Answer",
+                ['"a number0 b",3,+ number0 number0,6', '"c number0",3,* number0 number1,9'])
+    with pytest.raises(DataError, match=r"dev\.csv:3: column 'Equation' uses number1 but 'Numbers' has 1"):
+        read_problems(path)
+    with pytest.raises(DataError, match=r"empty\.csv: no examples \(empty split\)"):
+        read_problems(_csv(tmp_path / "empty.csv", "Question,Numbers,Equation,Answer", []))
+
+
+def test_greedy_decoding_emits_complete_expressions_over_present_numbers():
+    torch.manual_seed(0)
+    encoder = RobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=40)
+    config = ArithmeticSolverConfig(encoder_config=encoder.to_dict(), fixed_tokens=list(OPERATORS[:4]) + ["1.0"],
+                                    max_num_slots=4, decoder_hidden=16, max_output_length=7)
+    model = ArithmeticSolver(config).eval()
+    positions = torch.tensor([[3, 5, -1, -1], [2, -1, -1, -1], [1, 2, 4, 6]])
+    out = model(input_ids=torch.randint(3, 50, (3, 10)), attention_mask=torch.ones(3, 10, dtype=torch.long),
+                number_positions=positions).predictions
+    vocab = config.output_vocab
+    for row, pos in zip(out.tolist(), positions.tolist()):
+        tokens = [vocab[i] for i in row if i >= 0]
+        assert is_complete_prefix(tokens) and len(tokens) <= 7
+        used = {int(t[6:]) for t in tokens if t.startswith("number")}
+        assert all(pos[k] >= 0 for k in used)
+
+
+def test_collator_pads_to_fixed_slots():
+    batch = ArithmeticCollator(pad_token_id=1, num_slots=3)([
+        {"input_ids": [0, 5, 2], "attention_mask": [1, 1, 1], "number_positions": [1], "labels": [0, 4, 5]},
+        {"input_ids": [0, 2], "attention_mask": [1, 1], "number_positions": [1, 1], "labels": [4]},
+    ])
+    assert batch["input_ids"].tolist() == [[0, 5, 2], [0, 2, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["number_positions"].tolist() == [[1, -1, -1], [1, 1, -1]]
+    assert batch["labels"].tolist() == [[0, 4, 5], [4, -100, -100]]
+
+
+def test_cross_validation_mean(tmp_path):
+    files = []
+    for fold, metric in enumerate([80.0, 90.0]):
+        path = tmp_path / f"fold{fold}.json"
+        path.write_text(json.dumps({"metric": metric}))
+        files.append(str(path))
+    assert cross_validation_mean(files) == 85.0

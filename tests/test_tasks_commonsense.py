@@ -1,0 +1,79 @@
+"""Commonsense: CSQA, WinoGrande and RACE readers (authors' and Hub layouts), their errors and the MC encoding."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tasks import DataArguments, DataError, get_task
+from tests.task_fixtures import csqa_rows, roberta_tokenizer, winogrande_rows, write_jsonl, write_race_dir
+
+CSQA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "commonsense",
+                    "csqa")
+
+
+def test_csqa_official_and_hub_records_normalise_alike():
+    task = get_task("csqa")
+    official = task.normalise_record(csqa_rows(3)[2], "f:1")
+    hub = task.normalise_record({"question": "Where is money kept 2?", "answerKey": "C",
+                                 "choices": {"label": list("ABCDE"), "text": ["bank", "library", "store", "mall",
+                                                                              "park"]}}, "hub row 0")
+    assert official == hub
+    assert official["first"] == ["Q: Where is money kept 2?"] * 5
+    assert official["second"] == ["A: bank", "A: library", "A: store", "A: mall", "A: park"]
+    assert official["label"] == 2
+
+
+def test_csqa_real_dev_file():
+    data = get_task("csqa").load_raw(DataArguments(task="csqa", data_dir=CSQA, max_train_samples=10))
+    assert len(data["validation"]) == 1221 and len(data["train"]) == 10
+    assert data["validation"][0]["second"][0] == "A: bank" and data["validation"][0]["label"] == 0
+
+
+def test_csqa_unknown_label_and_missing_column(tmp_path):
+    rows = csqa_rows(3)
+    rows[1]["answerKey"] = "F"
+    path = write_jsonl(str(tmp_path / "train.jsonl"), rows)
+    with pytest.raises(DataError, match=r"train\.jsonl:2: unknown label 'F' in column 'answerKey'"):
+        get_task("csqa").load_raw(DataArguments(task="csqa", train_file=path))
+    del rows[1]["question"]["stem"]
+    rows[1]["answerKey"] = "A"
+    path = write_jsonl(str(tmp_path / "dev.jsonl"), rows)
+    with pytest.raises(DataError, match=r"dev\.jsonl:2: missing column 'question\.stem'"):
+        get_task("csqa").load_raw(DataArguments(task="csqa", validation_file=path))
+
+
+def test_empty_split_names_the_file(tmp_path):
+    path = tmp_path / "dev.jsonl"
+    path.write_text("\n")
+    with pytest.raises(DataError, match=r"dev\.jsonl: no examples \(empty split\)"):
+        get_task("winogrande").load_raw(DataArguments(task="winogrande", validation_file=str(path)))
+
+
+def test_winogrande_fills_the_blank():
+    task = get_task("winogrande")
+    row = task.normalise_record(winogrande_rows(2)[1], "w:2")
+    assert row["first"] == ["The cup did not fit in the bag because the cup", "The cup did not fit in the bag because the bag"]
+    assert row["second"] == ["was too big.", "was too big."] and row["label"] == 1
+    with pytest.raises(DataError, match="unknown label '3' in column 'answer'"):
+        task.normalise_record({**winogrande_rows(1)[0], "answer": "3"}, "w:1")
+
+
+def test_race_release_layout(tmp_path):
+    root = write_race_dir(str(tmp_path / "RACE"))
+    data = get_task("race").load_raw(DataArguments(task="race", data_dir=root))
+    assert {k: len(v) for k, v in data.items()} == {"train": 8, "middle": 4, "high": 4}
+    cloze = data["middle"][1]
+    assert cloze["second"][1] == "Tom has a blue kite." and cloze["label"] == 1
+    assert data["middle"][0]["second"][0] == "What colour is the ball? red"
+
+
+def test_multiple_choice_encoding_keeps_choices_together(tmp_path):
+    task = get_task("csqa")
+    tokenizer = roberta_tokenizer(["Q: Where is money kept? A: bank library store mall park"], str(tmp_path / "tok"))
+    raw = task.load_raw(DataArguments(task="csqa", train_file=write_jsonl(str(tmp_path / "t.jsonl"), csqa_rows(2))))
+    encoded = task.preprocess(raw, tokenizer, DataArguments(task="csqa"), model=None)["train"]
+    assert len(encoded) == 2 and len(encoded[0]["input_ids"]) == 5 and encoded[1]["label"] == 1
+    first_choice = tokenizer.decode(encoded[0]["input_ids"][0], skip_special_tokens=True)
+    assert "Q: Where is money kept 0?" in first_choice and first_choice.endswith("A: bank")
