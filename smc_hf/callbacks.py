@@ -55,6 +55,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
                 "step": self.step,
                 "method_state": self.method.state_dict(),
                 "has_masks": self.masks is not None and not self.masks.is_dense,
+                "rounds_driver": self.rounds_driver,
             },
         }
 
@@ -78,7 +79,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
             "sparsity/achieved": round(self.masks.achieved_sparsity(), 6),
         }
 
-    def _bind(self, model) -> None:
+    def bind(self, model) -> None:
         if self.masks is None:
             self.masks = MaskSet.for_model(model, targets=self.config.targets, ignore=self.config.ignore)
         else:
@@ -121,7 +122,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
                 "SparseTrainer (a stock Trainer runs one round), or set skip_dense_phase=True when the model "
                 "is already fine-tuned"
             )
-        self._bind(model)
+        self.bind(model)
         self.method.setup(self.context(args, state, model, optimizer, train_dataloader))
         if state.global_step > 0:
             self._restore(args, state)

@@ -77,11 +77,13 @@ class SparseTrainerMixin:
         callback = self.sparsity_callback
         callback.rounds_driver = True
         rounds = callback.method.num_rounds
-        base = self.args.output_dir
-        if resume_from_checkpoint is False:
-            resume_from_checkpoint = None
+        if rounds == 1:
+            if isinstance(resume_from_checkpoint, str):
+                callback.resume_dir = resume_from_checkpoint
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        base, user_resume_arg = self.args.output_dir, self.args.resume_from_checkpoint
         first = 0
-        if resume_from_checkpoint is not None and rounds > 1:
+        if resume_from_checkpoint:
             first = self._completed_rounds(base, rounds)
             if isinstance(resume_from_checkpoint, str):
                 match = re.search(r"round-(\d+)$", os.path.dirname(os.path.abspath(resume_from_checkpoint)))
@@ -91,44 +93,40 @@ class SparseTrainerMixin:
             for round_idx in range(first, rounds):
                 folder = self._round_dir(base, round_idx, rounds)
                 self.args.output_dir = folder
-                callback.round = round_idx
                 resume = None
-                if round_idx == first and resume_from_checkpoint is not None:
-                    resume = self._resolve_resume(resume_from_checkpoint, folder)
+                if round_idx == first and resume_from_checkpoint:
+                    resume = resume_from_checkpoint
+                    if resume is True:
+                        resume = get_last_checkpoint(folder) if os.path.isdir(folder) else None
                     if resume is None and round_idx > 0:
-                        self._load_round(self._round_dir(base, round_idx - 1, rounds), callback)
-                callback.resume_dir = resume
+                        self._load_round(self._round_dir(base, round_idx - 1, rounds))
+                # A callback re-created by `restore_callback_states_from_checkpoint` finds the folder here.
+                self.args.resume_from_checkpoint = resume
+                callback = self.sparsity_callback
+                callback.round, callback.resume_dir = round_idx, resume
                 if round_idx > first:
                     self.optimizer, self.lr_scheduler = None, None
-                output = super().train(
-                    resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
-                )
+                output = super().train(resume, trial, ignore_keys_for_eval, **kwargs)
                 if round_idx < rounds - 1:
-                    self._finish_round(folder, callback, round_idx)
+                    self._finish_round(folder, round_idx)
         finally:
-            self.args.output_dir = base
+            self.args.output_dir, self.args.resume_from_checkpoint = base, user_resume_arg
         return output
 
-    def _resolve_resume(self, resume, folder: str) -> Optional[str]:
-        if isinstance(resume, str):
-            return resume
-        last = get_last_checkpoint(folder) if os.path.isdir(folder) else None
-        if last is None and resume is True and folder == self.args.output_dir and self.sparsity_callback.method.num_rounds == 1:
-            raise ValueError(f"no checkpoint found in {folder} to resume from")
-        return last
-
-    def _finish_round(self, folder: str, callback: SparsityCallback, round_idx: int) -> None:
+    def _finish_round(self, folder: str, round_idx: int) -> None:
+        callback = self.sparsity_callback
         self.save_model(folder)
         if self.args.should_save:
             with open(os.path.join(folder, ROUND_FILE), "w") as f:
                 json.dump({"round": round_idx, "method_state": callback.method.state_dict()}, f, indent=2)
 
-    def _load_round(self, folder: str, callback: SparsityCallback) -> None:
+    def _load_round(self, folder: str) -> None:
         """Start a round from the saved end of the previous one (resuming a multi-round run)."""
+        callback = self.sparsity_callback
         load_weights(self.model, folder)
         with open(os.path.join(folder, ROUND_FILE)) as f:
             callback.method.load_state_dict(json.load(f)["method_state"])
-        callback._bind(self.model)
+        callback.bind(self.model)
         if load_masks(folder, callback.masks) is None:
             callback.masks.clear()
 

@@ -119,6 +119,18 @@ def test_resume_from_checkpoint_reaches_the_same_final_weights(tmp_path, method)
     assert all(torch.equal(expected[n], got[n]) for n in expected)
 
 
+def test_resume_also_works_when_the_trainer_recreates_callbacks_from_their_state(tmp_path):
+    cfg = SparsityConfig(method="gmp", sparsity=0.5, update_every=2)
+    overrides = dict(save_strategy="steps", save_steps=5, restore_callback_states_from_checkpoint=True)
+    full, _ = _train(tmp_path, cfg, **overrides)
+    resumed = SparseTrainer(model=tiny_roberta(seed=5), args=training_args(tmp_path / "out", **overrides),
+                            train_dataset=ToyClassification(), sparsity_config=cfg)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-5"))
+    assert resumed.sparsity_callback.step == 10
+    expected, got = _final_weights(full), _final_weights(resumed)
+    assert all(torch.equal(expected[n], got[n]) for n in expected)
+
+
 def test_two_round_method_resumes_at_the_round_it_stopped_in(tmp_path):
     cfg = SparsityConfig(method="omp_after", sparsity=0.5)
     out = tmp_path / "out"

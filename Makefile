@@ -1,0 +1,35 @@
+# One virtual environment for everything; `make test` and `make demo` create it on a fresh machine.
+# torch is pinned to the CPU build first, so pip never pulls a multi-GB CUDA build for `torch>=2.4`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: setup test demo bench clean
+
+$(VENV)/.installed: setup.py
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+demo: setup
+	$(BIN)/python run_glue_like.py --task mawps --fold 0 --model_name_or_path tiny-random \
+		--sparsity_method gmp --sparsity 0.5 --max_steps 60 --per_device_train_batch_size 16 \
+		--eval_strategy no --output_dir out/demo --overwrite_output_dir --report_to none
+	@echo "results: out/demo/all_results.json"
+
+bench: setup
+	$(BIN)/python benchmarks/report.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info
