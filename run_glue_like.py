@@ -44,6 +44,17 @@ def _task_name(argv: list[str]) -> Optional[str]:
     return None
 
 
+def resume_target(value: Optional[str], output_dir: str):
+    """`--resume_from_checkpoint`: a path as given; "True" resumes only if `output_dir` holds a checkpoint
+    (or a finished round), so a sweep can pass it to every rerun, interrupted or never started."""
+    if value is None or value.lower() in ("false", "none", ""):
+        return None
+    if value.lower() != "true":
+        return value
+    entries = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    return True if any(e.startswith(("checkpoint-", "round-")) for e in entries) else None
+
+
 def parse_args(argv: list[str]):
     """The four argument dataclasses, with the task's training defaults filling what `argv` leaves out."""
     parser = HfArgumentParser(PARSED)
@@ -92,7 +103,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         compute_metrics=task.compute_metrics(tokenizer, raw.get("validation"), model),
         **task.trainer_kwargs(model, model_args, training_args),
     )
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
+    train_output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     metrics = task.evaluate(trainer, eval_sets)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from datasets import Dataset, DatasetDict
@@ -136,3 +138,31 @@ def test_task_defaults_fill_only_missing_training_arguments(tmp_path):
     _, _, _, args = run_glue_like.parse_args(["--task", "csqa", "--output_dir", str(tmp_path), "--max_steps", "7"])
     assert args.max_steps == 7 and args.learning_rate == 1e-5 and args.warmup_steps == 150
     assert args.adam_beta2 == 0.98 and args.lr_scheduler_type == "polynomial"
+
+
+def test_same_command_under_accelerate_launch(tmp_path):
+    rows = csqa_rows(4)
+    data = write_jsonl(str(tmp_path / "train.jsonl"), rows)
+    model = tiny_roberta_dir(str(tmp_path / "roberta"), ["Q: Where is money kept? A: bank library store mall park"])
+    out = tmp_path / "out"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", os.path.join(root, "run_glue_like.py"),
+        "--task", "csqa", "--model_name_or_path", model, "--train_file", data, "--validation_file", data,
+        "--output_dir", str(out), "--sparsity_method", "gmp", "--sparsity", "0.5", "--max_steps", "2",
+        "--per_device_train_batch_size", "2", "--save_strategy", "no",
+    ], check=True, cwd=root, capture_output=True, timeout=300)
+    with open(out / "all_results.json", encoding="utf-8") as handle:
+        result = json.load(handle)
+    assert result["sparsity"]["achieved"] == pytest.approx(0.5, abs=0.01) and result["metric"] in {0, 25, 50, 75, 100}
+
+
+def test_resume_true_only_resumes_what_exists(tmp_path):
+    assert run_glue_like.resume_target(None, str(tmp_path)) is None
+    assert run_glue_like.resume_target("True", str(tmp_path / "missing")) is None
+    assert run_glue_like.resume_target("True", str(tmp_path)) is None
+    (tmp_path / "checkpoint-4").mkdir()
+    assert run_glue_like.resume_target("True", str(tmp_path)) is True
+    assert run_glue_like.resume_target("False", str(tmp_path)) is None
+    assert run_glue_like.resume_target("/some/checkpoint-2", str(tmp_path)) == "/some/checkpoint-2"
