@@ -77,3 +77,19 @@ def test_multiple_choice_encoding_keeps_choices_together(tmp_path):
     assert len(encoded) == 2 and len(encoded[0]["input_ids"]) == 5 and encoded[1]["label"] == 1
     first_choice = tokenizer.decode(encoded[0]["input_ids"][0], skip_special_tokens=True)
     assert "Q: Where is money kept 0?" in first_choice and first_choice.endswith("A: bank")
+
+
+def test_race_hub_path_trains_on_all_and_evaluates_levels(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    def rows(level, n):
+        return [{"example_id": f"{level}{i}", "article": f"{level} text", "question": "Which?",
+                 "options": ["a", "b", "c", "d"], "answer": "ABCD"[i % 4]} for i in range(n)]
+
+    hub = tmp_path / "race"
+    for config, n in (("all", 5), ("middle", 2), ("high", 3)):
+        DatasetDict({"train": Dataset.from_list(rows(config, n)), "test": Dataset.from_list(rows(config, n))}
+                    ).save_to_disk(str(hub / config))
+    data = get_task("race").load_raw(DataArguments(task="race", dataset_name=str(hub)))
+    assert {k: len(v) for k, v in data.items()} == {"train": 5, "middle": 2, "high": 3}
+    assert data["high"][2]["label"] == 2 and data["high"][0]["first"] == ["high text"] * 4
