@@ -2,7 +2,7 @@
 
 Data: the SVAMP release's CSVs (`../shared/data/arithmetic`, columns Question, Numbers, Equation, Answer; see
 its README), read with `--data_dir` (the release root, a fold directory, or a directory with train.csv/dev.csv)
-or `--train_file/--validation_file`. No Hub copy in this format exists, so there is no Hub path.
+or `--train_file/--validation_file`; without either, `../shared/data/arithmetic` beside the checkout. No Hub copy in this format exists, so there is no Hub path.
 
 Model: `ArithmeticSolver` (a pre-trained encoder, RoBERTa-base in the paper, plus a prefix-equation decoder).
 Metric: answer accuracy as the GTS code scores it: the predicted expression, evaluated with the problem's
@@ -37,6 +37,8 @@ from .prefix_expr import NUMBER_TOKEN, OPERATORS, evaluate_prefix
 
 REQUIRED_COLUMNS = ("Question", "Numbers", "Equation", "Answer")
 NUMBER_TOKEN_IN_TEXT = re.compile(r"number(\d+)")
+#: Where the data lies beside a checkout (`../shared/data/arithmetic`), used when no --data_dir is given.
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "arithmetic")
 CONSTANT_MIN_COUNT = 5  # GTS: constants in at least 5 training equations become output tokens
 
 
@@ -138,17 +140,15 @@ class ArithmeticTask(TaskDefinition):
     def _split_files(self, data: DataArguments) -> dict[str, str]:
         if data.train_file or data.validation_file:
             return {k: v for k, v in (("train", data.train_file), ("validation", data.validation_file)) if v}
-        if not data.data_dir:
+        data_dir = data.data_dir or (DEFAULT_DATA_DIR if os.path.isdir(DEFAULT_DATA_DIR) else None)
+        if not data_dir:
             raise DataError(f"{self.name}: no Hub copy in the SVAMP format; pass --data_dir or --train_file")
-        candidates = [os.path.join(data.data_dir, self.subdir), data.data_dir]
-        for base in candidates:
-            directory = os.path.join(base, f"fold{data.fold}") if self.folds else base
+        fold = f"fold{data.fold}" if self.folds else ""
+        candidates = [os.path.join(data_dir, self.subdir, fold), os.path.join(data_dir, fold), data_dir]
+        for directory in candidates:
             if os.path.isfile(os.path.join(directory, "train.csv")):
                 return {"train": os.path.join(directory, "train.csv"), "validation": os.path.join(directory, "dev.csv")}
-        if os.path.isfile(os.path.join(data.data_dir, "train.csv")):
-            return {"train": os.path.join(data.data_dir, "train.csv"),
-                    "validation": os.path.join(data.data_dir, "dev.csv")}
-        raise DataError(f"{data.data_dir}: no train.csv for {self.name} (looked in {candidates}, fold {data.fold})")
+        raise DataError(f"{data_dir}: no train.csv for {self.name} (looked in {candidates})")
 
     def load_raw(self, data: DataArguments, cache_dir: Optional[str] = None) -> DatasetDict:
         splits = {}

@@ -93,3 +93,13 @@ def test_cross_validation_mean(tmp_path):
         path.write_text(json.dumps({"metric": metric}))
         files.append(str(path))
     assert cross_validation_mean(files) == 85.0
+
+
+def test_data_dir_may_be_a_fold_folder_or_absent(tmp_path):
+    fold = os.path.join(DATA, "cv_asdiv-a", "fold1")
+    direct = get_task("asdiv-a").load_raw(DataArguments(task="asdiv-a", data_dir=fold))
+    assert (len(direct["train"]), len(direct["validation"])) == (979, 238)
+    default = get_task("mawps").load_raw(DataArguments(task="mawps", fold=2, max_eval_samples=5))
+    assert (len(default["train"]), len(default["validation"])) == (1537, 5)
+    with pytest.raises(DataError, match="no train.csv for svamp"):
+        get_task("svamp").load_raw(DataArguments(task="svamp", data_dir=str(tmp_path)))
