@@ -2,7 +2,9 @@
 
 Language codes are mBART-50's (`en_XX`, `de_DE`, ...). With an mBART-50 tokenizer (`src_lang`/`tgt_lang`),
 a source is `[src_code] X </s>` and a target `[tgt_code] Y </s>`; generation forces the target code as the first
-token (`forced_bos_token_id`) and uses beam search, one evaluation per direction.
+token (`forced_bos_token_id`) and uses beam search, one evaluation per direction. That forcing happens in the
+final evaluation (`evaluate`); an in-training `--eval_strategy` generates without it, so its BLEU is not the
+benchmark's (the defaults leave in-training evaluation off).
 
 Data sources, by flag (short codes such as `de` are matched to the setting's full codes):
 - `--train_file/--validation_file`: JSON lines `{"translation": {"en": "...", "de": "..."}}` (transformers'
