@@ -12,7 +12,7 @@ import os
 from typing import Iterable, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 MASKS_FILE = "sparsity_masks.safetensors"
@@ -149,6 +149,11 @@ class MaskSet:
         return {n: m.detach().cpu().contiguous() for n, m in self.masks.items()}
 
     def load_state_dict(self, masks: dict[str, torch.Tensor]) -> None:
+        """Set masks by parameter name; a PEFT-wrapped name and its plain form name the same weight."""
+        from .selection import plain_name
+
+        by_plain = {plain_name(n): n for n in self.params}
+        masks = {n if n in self.params else by_plain.get(plain_name(n), n): m for n, m in masks.items()}
         unknown = sorted(set(masks) - set(self.params))
         if unknown:
             raise ValueError(f"masks for parameters that are not selected: {unknown[:5]}")
@@ -163,10 +168,9 @@ class MaskSet:
         os.replace(tmp, path)
 
     def load(self, path: str) -> None:
+        """Read a mask file, bool or bit-packed (see `compressed.read_masks`)."""
+        from .compressed import read_masks
+
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no sparsity masks at {path}")
-        masks = load_file(path)
-        bad = [n for n, m in masks.items() if m.dtype != torch.bool]
-        if bad:
-            raise ValueError(f"{path}: masks must be bool tensors, got other dtypes for {bad[:5]}")
-        self.load_state_dict(masks)
+        self.load_state_dict(read_masks(path))

@@ -42,6 +42,31 @@ def parameter_aliases(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
+def adapter_parameter_ids(model: nn.Module) -> set[int]:
+    """Parameters of PEFT adapters (LoRA A/B, ...): trainable add-ons, never part of the sparse base.
+
+    PEFT tuner layers list their adapter sub-modules in `adapter_layer_names`; duck-typed, so PEFT stays optional.
+    """
+    ids: set[int] = set()
+    for module in model.modules():
+        for attr in getattr(module, "adapter_layer_names", ()):
+            container = getattr(module, attr, None)
+            if isinstance(container, nn.Module):
+                ids.update(id(p) for p in container.parameters())
+            elif isinstance(container, nn.Parameter):
+                ids.add(id(container))
+    return ids
+
+
+_PEFT_WRAPPING = re.compile(r"^base_model\.model\.|(?<=\.)base_layer\.")
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name with PEFT's wrapping removed (`base_model.model.` prefix, `.base_layer`), so masks
+    saved from a plain model and from its PEFT-wrapped form refer to the same weights."""
+    return _PEFT_WRAPPING.sub("", name)
+
+
 def _matches(patterns: Iterable[str], names: Iterable[str]) -> bool:
     return any(re.search(p, n) for p in patterns for n in names)
 
@@ -53,15 +78,19 @@ def select_parameters(
 
     Default: the weights of the backbone's Linear layers, which leaves embeddings, norms, biases, the pooler
     and the task head dense. `targets` replaces the default with any parameter of 2+ dims whose name
-    matches; `ignore` removes matches. A tied parameter is selected once, under its first name, whichever
-    of its names matched, so it is never pruned twice.
+    matches; `ignore` removes matches. PEFT adapter weights (LoRA A/B, ...) are never selected. A tied
+    parameter is selected once, under its first name, whichever of its names matched, so it is never pruned
+    twice.
     """
     aliases = parameter_aliases(model)
+    adapters = adapter_parameter_ids(model)
     ignore = list(ignore or [])
     selected: dict[str, nn.Parameter] = {}
     if targets:
         for name, param in model.named_parameters():
             names = aliases.get(id(param), [name])
+            if id(param) in adapters:
+                continue
             if param.dim() >= 2 and _matches(targets, names) and not _matches(ignore, names):
                 selected[name] = param
         for pattern in targets:
@@ -73,7 +102,7 @@ def select_parameters(
         by_id = {id(p): n for n, p in model.named_parameters()}
         for module_name, module in body.named_modules():
             weight = getattr(module, "weight", None)
-            if not isinstance(module, linear) or not isinstance(weight, nn.Parameter):
+            if not isinstance(module, linear) or not isinstance(weight, nn.Parameter) or id(weight) in adapters:
                 continue
             name = by_id.get(id(weight), f"{prefix}{module_name}.weight")
             names = aliases.get(id(weight), [name])

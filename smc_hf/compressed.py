@@ -1,0 +1,248 @@
+"""Bitmasks on disk: bit-packed mask files, and the compressed weight format (kept values + a bitmask).
+
+Packed masks take one bit per weight instead of a byte. The compressed format stores, for each masked
+weight, the kept values in row-major order plus its bitmask; other tensors are stored as they are. A masked
+fp32 weight at sparsity s costs (1 - s) * 4 + 1/8 bytes per weight instead of 4. The bitmask is the mask
+itself (kept weights that happen to be zero stay kept), so the exact mask survives compression.
+
+Files are safetensors and their metadata is plain JSON: nothing in them is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .masks import MASKS_FILE
+from .safetensors_io import INDEX_FILE, SINGLE_FILE, TensorInfo, checkpoint_files, open_safetensors
+
+BOOL_MASKS_FORMAT = "smc_hf.bool_masks"
+PACKED_MASKS_FORMAT = "smc_hf.packed_bits"
+COMPRESSED_FORMAT = "smc_hf.bitmask"
+COMPRESSED_INDEX = "model.bitmask.index.json"
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8 bytes, eight elements per byte, first element in the lowest bit."""
+    flat = mask.detach().cpu().reshape(-1).to(torch.bool).numpy()
+    return torch.from_numpy(np.packbits(flat, bitorder="little"))
+
+
+def unpack_bits(packed: torch.Tensor, shape, where: str = "bitmask") -> torch.Tensor:
+    numel = math.prod(shape)
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (numel + 7) // 8:
+        raise ValueError(
+            f"{where}: packed bits of {packed.numel()} {packed.dtype} bytes cannot hold shape {tuple(shape)} "
+            f"(needs {(numel + 7) // 8} uint8 bytes); the file is corrupt or does not belong to this model"
+        )
+    bits = np.unpackbits(packed.numpy(), count=numel, bitorder="little")
+    return torch.from_numpy(bits.astype(bool)).reshape(tuple(shape))
+
+
+# -- mask files -------------------------------------------------------------------------------------------
+def packed_masks_plan(shapes: dict[str, tuple[int, ...]]) -> tuple[list[TensorInfo], dict[str, str]]:
+    """Header of a packed mask file, for writing it one mask at a time (`SafetensorsWriter`)."""
+    plan = [TensorInfo(name, "U8", ((math.prod(shape) + 7) // 8,)) for name, shape in shapes.items()]
+    metadata = {"format": PACKED_MASKS_FORMAT, "shapes": json.dumps({n: list(s) for n, s in shapes.items()})}
+    return plan, metadata
+
+
+def save_masks(masks: dict[str, torch.Tensor], path: str, packed: bool = True) -> None:
+    """Write keep-masks (bit-packed, or one bool per byte) atomically: a partial file never sits at `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    if packed:
+        shapes = {n: tuple(m.shape) for n, m in masks.items()}
+        _, metadata = packed_masks_plan(shapes)
+        save_file({n: pack_bits(m) for n, m in masks.items()}, tmp, metadata=metadata)
+    else:
+        tensors = {n: m.detach().cpu().to(torch.bool).contiguous() for n, m in masks.items()}
+        save_file(tensors, tmp, metadata={"format": BOOL_MASKS_FORMAT})
+    os.replace(tmp, path)
+
+
+def read_masks(path: str) -> dict[str, torch.Tensor]:
+    """Bool keep-masks from a mask file in either layout, with an error naming the file if it is unusable."""
+    with open_safetensors(path) as f:
+        metadata = f.metadata() or {}
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    if metadata.get("format") == PACKED_MASKS_FORMAT:
+        try:
+            shapes = json.loads(metadata["shapes"])
+        except (KeyError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: packed masks without a valid 'shapes' entry ({err})") from None
+        missing = sorted(set(tensors) - set(shapes))
+        if missing:
+            raise ValueError(f"{path}: no shape recorded for packed masks {missing[:5]}")
+        return {n: unpack_bits(t, shapes[n], f"{path} [{n}]") for n, t in tensors.items()}
+    bad = [n for n, m in tensors.items() if m.dtype != torch.bool]
+    if bad:
+        raise ValueError(f"{path}: masks must be bool tensors or packed bits, got other dtypes for {bad[:5]}")
+    return tensors
+
+
+# -- compressed weights -----------------------------------------------------------------------------------
+@dataclass
+class CompressionSizes:
+    dense_bytes: int
+    compressed_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.compressed_bytes / self.dense_bytes
+
+
+def _compressed_name(dense_file: str) -> str:
+    stem = os.path.basename(dense_file)[: -len(".safetensors")]
+    return f"{stem}.bitmask.safetensors"
+
+
+def compress_folder(folder: str, masks: Optional[dict[str, torch.Tensor]] = None) -> CompressionSizes:
+    """Replace the dense weight files of a sparse folder by the compressed format, one shard in memory at a time.
+
+    `masks` defaults to the folder's mask file. Weights without a mask are stored unchanged.
+    """
+    if masks is None:
+        masks = read_masks(os.path.join(folder, MASKS_FILE))
+    files = checkpoint_files(folder)
+    unused = set(masks)
+    weight_map, dense_bytes, compressed_bytes = {}, 0, 0
+    written = []
+    for path in files:
+        tensors = load_file(path)
+        out, layout = {}, {}
+        for name, tensor in tensors.items():
+            mask = masks.get(name)
+            if mask is None:
+                out[name] = tensor
+                continue
+            if tuple(mask.shape) != tuple(tensor.shape):
+                raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {tuple(tensor.shape)}")
+            unused.discard(name)
+            out[f"{name}.values"] = tensor[mask.to(torch.bool)].contiguous()
+            out[f"{name}.bitmask"] = pack_bits(mask)
+            layout[name] = {"shape": list(tensor.shape)}
+        clash = sorted(n for n in layout for suffix in (".values", ".bitmask") if n + suffix in tensors)
+        if clash:
+            raise ValueError(f"{path}: weights {clash[:5]} collide with other tensors named '<weight>.values/.bitmask'")
+        target = os.path.join(folder, _compressed_name(path))
+        save_file(out, target + ".tmp", metadata={"format": COMPRESSED_FORMAT, "compressed": json.dumps(layout)})
+        os.replace(target + ".tmp", target)
+        written.append(target)
+        weight_map.update({n: os.path.basename(target) for n in tensors})
+        dense_bytes += os.path.getsize(path)
+        compressed_bytes += os.path.getsize(target)
+        del tensors, out
+    if unused:
+        raise ValueError(f"masks for weights that are not in the checkpoint: {sorted(unused)[:5]}")
+    index = {
+        "format": COMPRESSED_FORMAT,
+        "dense_files": {os.path.basename(t): os.path.basename(d) for t, d in zip(written, files)},
+        "weight_map": weight_map,
+    }
+    with open(os.path.join(folder, COMPRESSED_INDEX), "w") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+    for path in files:
+        os.remove(path)
+    if os.path.isfile(os.path.join(folder, INDEX_FILE)):
+        os.remove(os.path.join(folder, INDEX_FILE))
+    return CompressionSizes(dense_bytes, compressed_bytes)
+
+
+def _compressed_index(folder: str) -> dict:
+    path = os.path.join(folder, COMPRESSED_INDEX)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{folder} has no {COMPRESSED_INDEX}: not a compressed smc_hf checkpoint")
+    try:
+        with open(path) as f:
+            index = json.load(f)
+        files = index["dense_files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a valid compressed index ({err})") from None
+    if index.get("format") != COMPRESSED_FORMAT:
+        raise ValueError(f"{path}: format {index.get('format')!r}, expected {COMPRESSED_FORMAT!r}")
+    missing = [n for n in files if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise FileNotFoundError(f"shard(s) {missing} listed in {path} are missing")
+    return index
+
+
+def _decompress_file(path: str) -> dict[str, torch.Tensor]:
+    with open_safetensors(path) as f:
+        metadata = f.metadata() or {}
+        if metadata.get("format") != COMPRESSED_FORMAT:
+            raise ValueError(f"{path}: not a compressed smc_hf file (format {metadata.get('format')!r})")
+        layout = json.loads(metadata.get("compressed", "{}"))
+        stored = set(f.keys())
+        out = {}
+        for name in stored:
+            if name.endswith((".values", ".bitmask")) and name.rsplit(".", 1)[0] in layout:
+                continue
+            out[name] = f.get_tensor(name)
+        for name, entry in layout.items():
+            if f"{name}.values" not in stored or f"{name}.bitmask" not in stored:
+                raise ValueError(f"{path}: compressed weight {name} lacks its values or bitmask")
+            mask = unpack_bits(f.get_tensor(f"{name}.bitmask"), entry["shape"], f"{path} [{name}]")
+            values = f.get_tensor(f"{name}.values")
+            if values.numel() != int(mask.sum()):
+                raise ValueError(f"{path}: {name} stores {values.numel()} values for {int(mask.sum())} kept weights")
+            dense = torch.zeros(tuple(entry["shape"]), dtype=values.dtype)
+            dense[mask] = values
+            out[name] = dense
+    return out
+
+
+def load_compressed_state_dict(folder: str) -> dict[str, torch.Tensor]:
+    """The dense state dict of a compressed folder (pruned positions are exact zeros)."""
+    index = _compressed_index(folder)
+    state: dict[str, torch.Tensor] = {}
+    for name in sorted(index["dense_files"]):
+        state.update(_decompress_file(os.path.join(folder, name)))
+    return state
+
+
+def decompress_folder(folder: str, output_dir: str) -> None:
+    """Write a plain dense `save_pretrained` folder from a compressed one, one shard in memory at a time."""
+    import shutil
+
+    index = _compressed_index(folder)
+    os.makedirs(output_dir, exist_ok=True)
+    dense_map = {}
+    for compressed, dense in sorted(index["dense_files"].items()):
+        tensors = _decompress_file(os.path.join(folder, compressed))
+        save_file(tensors, os.path.join(output_dir, dense), metadata={"format": "pt"})
+        dense_map.update({n: dense for n in tensors})
+    dense_files = set(index["dense_files"].values())
+    if dense_files != {SINGLE_FILE}:
+        total = sum(os.path.getsize(os.path.join(output_dir, n)) for n in dense_files)
+        with open(os.path.join(output_dir, INDEX_FILE), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": dense_map}, f, indent=2, sort_keys=True)
+    skip = set(index["dense_files"]) | {COMPRESSED_INDEX}
+    for name in os.listdir(folder):
+        source = os.path.join(folder, name)
+        if name not in skip and os.path.isfile(source):
+            shutil.copy2(source, os.path.join(output_dir, name))
+
+
+def from_compressed(folder: str, model_class=None, **kwargs):
+    """Load a compressed folder as a dense transformers model (`model_class` defaults to the saved class).
+
+    The weights go through `from_pretrained(None, config=..., state_dict=...)`, transformers' own loading.
+    """
+    from .checkpoint import model_class_for
+    from transformers import AutoConfig
+
+    trust = kwargs.get("trust_remote_code", False)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust)
+    cls = model_class_for(config, model_class)
+    state = load_compressed_state_dict(folder)
+    model = cls.from_pretrained(None, config=config, state_dict=state, **kwargs)
+    model.name_or_path = folder
+    return model
