@@ -1,20 +1,33 @@
-"""Sparse model folders: dense weights with exact zeros, the masks beside them, a declarative config block."""
+"""Sparse model folders: dense weights with exact zeros, the masks beside them, a declarative config block.
+
+A folder written by `save_sparse_pretrained` loads with plain `from_pretrained` (the `sparsity` block in
+config.json is data: method names in it are never resolved or imported on load). The masks file keeps the
+exact mask, including kept weights that happen to be zero, so training continues with
+`SparsityConfig(method="fixed")`. Folders appear atomically: they are built under `<output>.partial` and
+renamed when complete, so an interrupted run never leaves something that looks like a result.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+import shutil
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from .masks import MASKS_FILE, MaskSet
-from .report import sparsity_report
+from .report import ModuleSparsity, SparsityReport, sparsity_report
 from .version import __version__
 
 CONFIG_KEY = "sparsity"
+PARTIAL_SUFFIX = ".partial"
+PARTIAL_MARKER = ".smc_hf_partial"
+#: Files of a model folder that are not weights: configs, tokenizers, processors, chat templates.
+AUXILIARY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
 
 
 def resolved_distribution(config) -> Optional[str]:
@@ -25,34 +38,84 @@ def resolved_distribution(config) -> Optional[str]:
     return config.distribution or METHODS.get(config.method).default_distribution
 
 
-def sparsity_metadata(model: nn.Module, masks: MaskSet, config=None) -> dict:
-    """The `sparsity` block written into config.json: plain data, never anything to execute."""
-    report = sparsity_report(model, masks=masks, config=config)
-    return {
+def sparsity_block(report: SparsityReport, config=None, masks_file: Optional[str] = MASKS_FILE, **extra) -> dict:
+    """The `sparsity` block of config.json from a report: plain data, never anything to execute."""
+    block = {
         "method": getattr(config, "method", None),
         "distribution": resolved_distribution(config),
         "target": report.target,
         "achieved": report.achieved,
         "selected_numel": report.numel,
-        "masks_file": MASKS_FILE if not masks.is_dense else None,
-        "modules": {m.name: {"target": m.target, "achieved": m.achieved} for m in report.modules},
+        "masks_file": masks_file,
+        "modules": {
+            m.name: {"target": m.target, "achieved": m.achieved, "numel": m.numel, "zeros": m.zeros}
+            for m in report.modules
+        },
         "smc_hf_version": __version__,
     }
+    block.update(extra)
+    return block
 
 
-def write_sparse_artifacts(model: nn.Module, output_dir: str, masks: MaskSet, config=None) -> None:
-    """Add the masks file and the config block to a folder that `save_pretrained` already wrote."""
-    if not masks.is_dense:
-        masks.save(os.path.join(output_dir, MASKS_FILE))
+def report_from_block(block: dict) -> SparsityReport:
+    """The `SparsityReport` recorded in a `sparsity` block."""
+    modules = [
+        ModuleSparsity(name, int(m.get("numel", 0)), int(m.get("zeros", 0)), m.get("target"))
+        for name, m in block.get("modules", {}).items()
+    ]
+    return SparsityReport(modules, block.get("target"))
+
+
+def sparsity_metadata(model: nn.Module, masks: MaskSet, config=None, **extra) -> dict:
+    """The `sparsity` block for an in-memory model and its masks (achieved sparsity counted in the weights)."""
+    report = sparsity_report(model, masks=masks, config=config)
+    return sparsity_block(report, config, MASKS_FILE if not masks.is_dense else None, **extra)
+
+
+def write_config_block(output_dir: str, block: dict) -> None:
+    """Set the `sparsity` block of `output_dir/config.json`, atomically."""
     config_path = os.path.join(output_dir, "config.json")
-    if os.path.isfile(config_path):
+    with open(config_path) as f:
+        data = json.load(f)
+    data[CONFIG_KEY] = block
+    tmp = config_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, config_path)
+
+
+def read_sparsity_block(folder: str) -> Optional[dict]:
+    """The `sparsity` block of a folder's config.json (JSON only), or None if it has none."""
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"no config.json in {folder}")
+    try:
         with open(config_path) as f:
-            data = json.load(f)
-        data[CONFIG_KEY] = sparsity_metadata(model, masks, config)
-        tmp = config_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(tmp, config_path)
+            block = json.load(f).get(CONFIG_KEY)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err})") from None
+    if block is not None and not isinstance(block, dict):
+        raise ValueError(f"{config_path}: the '{CONFIG_KEY}' entry must be an object, got {type(block).__name__}")
+    return block
+
+
+def write_sparse_artifacts(
+    model: nn.Module, output_dir: str, masks: MaskSet, config=None, packed_masks: bool = False, **extra
+) -> None:
+    """Add the masks file and the config block to a folder that `save_pretrained` already wrote.
+
+    `packed_masks` stores one bit per weight instead of one byte; `extra` entries go into the block.
+    """
+    if not masks.is_dense:
+        if packed_masks:
+            from .compressed import save_masks
+
+            save_masks(masks.state_dict(), os.path.join(output_dir, MASKS_FILE), packed=True)
+        else:
+            masks.save(os.path.join(output_dir, MASKS_FILE))
+        extra.setdefault("masks_format", "packed_bits" if packed_masks else "bool")
+    if os.path.isfile(os.path.join(output_dir, "config.json")):
+        write_config_block(output_dir, sparsity_metadata(model, masks, config, **extra))
 
 
 def load_weights(model: nn.Module, folder: str) -> None:
@@ -87,3 +150,133 @@ def load_masks(folder: str, masks: MaskSet) -> Optional[str]:
         masks.load(path)
         return path
     return None
+
+
+def model_class_for(config, name: Optional[str] = None):
+    """The transformers class to build a model with: `name` (an `AutoModel*` or model class exported by
+    transformers), else the saved `architectures[0]` when transformers exports it, else `AutoModel`.
+
+    Only transformers' own namespace is consulted, so no name in a config can import other code.
+    """
+    import transformers
+
+    if name:
+        cls = getattr(transformers, name, None) if name.isidentifier() else None
+        if cls is None or not hasattr(cls, "from_pretrained") or not (
+            name.startswith("AutoModel") or issubclass(cls, transformers.PreTrainedModel)
+        ):
+            raise ValueError(f"model class {name!r} is not an AutoModel* or model class of transformers")
+        return cls
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None) if isinstance(arch, str) and arch.isidentifier() else None
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return cls
+    return transformers.AutoModel
+
+
+def copy_auxiliary_files(source: str, target: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Copy a model folder's non-weight files (tokenizer, generation config, ...) that `target` lacks."""
+    copied = []
+    for name in sorted(os.listdir(source)):
+        path = os.path.join(source, name)
+        if (
+            os.path.isfile(path) and name.endswith(AUXILIARY_SUFFIXES) and name not in skip
+            and not name.startswith("model.") and not name.startswith("pytorch_model")
+            and not os.path.exists(os.path.join(target, name))
+        ):
+            shutil.copy2(path, os.path.join(target, name))
+            copied.append(name)
+    return copied
+
+
+def _check_output(output_dir: str, overwrite: bool) -> None:
+    if os.path.isfile(output_dir):
+        raise FileExistsError(f"output {output_dir} is a file")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise FileExistsError(f"output folder {output_dir} exists and is not empty; pass overwrite=True (--overwrite)")
+
+
+def partial_dir(output_dir: str) -> str:
+    return os.path.abspath(output_dir).rstrip(os.sep) + PARTIAL_SUFFIX
+
+
+@contextmanager
+def staged_folder(output_dir: str, overwrite: bool = False, resume: bool = False) -> Iterator[str]:
+    """Build a folder under `<output_dir>.partial` and rename it to `output_dir` only once complete.
+
+    With `resume`, an existing partial folder is kept (for work that can continue) and left in place if the
+    body fails; otherwise it is started afresh and removed on failure. A `.partial` folder without our
+    marker file is never touched.
+    """
+    output_dir = os.path.abspath(output_dir)
+    _check_output(output_dir, overwrite)
+    stage = partial_dir(output_dir)
+    marker = os.path.join(stage, PARTIAL_MARKER)
+    if os.path.exists(stage):
+        if not os.path.isfile(marker):
+            raise FileExistsError(f"{stage} exists and was not made by smc_hf; move it away")
+        if not resume:
+            shutil.rmtree(stage)
+    os.makedirs(stage, exist_ok=True)
+    if not os.path.isfile(marker):
+        with open(marker, "w") as f:
+            json.dump({"output_dir": output_dir, "smc_hf_version": __version__}, f)
+    try:
+        yield stage
+    except BaseException:
+        if not resume:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+    os.remove(marker)
+    _check_output(output_dir, overwrite)
+    if os.path.isdir(output_dir):
+        old = output_dir + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(output_dir, old)
+        os.rename(stage, output_dir)
+        shutil.rmtree(old)
+    else:
+        os.makedirs(os.path.dirname(output_dir) or ".", exist_ok=True)
+        os.rename(stage, output_dir)
+
+
+def finish_sparse_folder(
+    folder: str, *, compress: bool = False, base_model: Optional[str] = None, command: Optional[str] = None,
+) -> None:
+    """Last steps shared by in-memory and streaming pruning: optional compression, then the model card."""
+    from .model_card import write_model_card
+
+    if compress:
+        from .compressed import COMPRESSED_INDEX, compress_folder
+
+        sizes = compress_folder(folder)
+        block = read_sparsity_block(folder) or {}
+        block.update(weights_format="bitmask_compressed", weights_index=COMPRESSED_INDEX,
+                     compressed_ratio=sizes.ratio)
+        write_config_block(folder, block)
+    write_model_card(folder, base_model=base_model, command=command)
+
+
+def save_sparse_pretrained(
+    model: nn.Module,
+    output_dir: str,
+    masks: MaskSet,
+    config=None,
+    *,
+    packed_masks: bool = True,
+    compress: bool = False,
+    base_model: Optional[str] = None,
+    command: Optional[str] = None,
+    auxiliary_from: Optional[str] = None,
+    overwrite: bool = False,
+    max_shard_size="5GB",
+) -> str:
+    """Save a pruned model as a sparse folder: dense weights with exact zeros (or the compressed form),
+    the masks, the config block and a model card, appearing atomically at `output_dir`."""
+    with staged_folder(output_dir, overwrite=overwrite) as stage:
+        model.save_pretrained(stage, max_shard_size=max_shard_size)
+        write_sparse_artifacts(model, stage, masks, config, packed_masks=packed_masks, source=base_model)
+        if auxiliary_from and os.path.isdir(auxiliary_from):
+            copy_auxiliary_files(auxiliary_from, stage)
+        finish_sparse_folder(stage, compress=compress, base_model=base_model, command=command)
+    return os.path.abspath(output_dir)

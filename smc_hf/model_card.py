@@ -1,0 +1,84 @@
+"""The README.md of a sparse folder: Hub metadata, the sparsity table, how it was made and how to load it.
+
+Everything comes from the folder's `sparsity` block, so in-memory and streaming pruning get the same card.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .checkpoint import read_sparsity_block, report_from_block
+from .masks import MASKS_FILE
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _hub_id(name: Optional[str]) -> Optional[str]:
+    """`name` when it looks like a Hub repository id (not a local path), for the card's `base_model`."""
+    if not name or os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return None
+    return name
+
+
+def render_model_card(block: dict, base_model: Optional[str] = None, command: Optional[str] = None) -> str:
+    report = report_from_block(block)
+    compressed = block.get("weights_format") == "bitmask_compressed"
+    hub_base = _hub_id(base_model)
+    data = ModelCardData(
+        library_name="transformers",
+        base_model=hub_base,
+        tags=["smc_hf", "sparse", "pruned", f"{block.get('method') or 'sparse'}"],
+    )
+    title = f"{base_model or 'Model'} pruned to {_pct(report.achieved)} sparsity"
+    lines = [
+        "---", data.to_yaml(), "---", "", f"# {title}", "",
+        f"{_pct(report.achieved)} of the {report.numel:,} selected weights are exactly zero "
+        f"(target {_pct(report.target)}; method `{block.get('method')}`, distribution `{block.get('distribution')}`). "
+        "Embeddings, norms, biases and task heads are not selected unless the command says otherwise.",
+        "",
+    ]
+    if command:
+        lines += ["## How it was made", "", "```bash", command, "```", ""]
+    lines += ["## Sparsity", "", report.to_markdown(), ""]
+    lines += ["## Loading", ""]
+    if compressed:
+        lines += [
+            "The weights are stored compressed (kept values plus a bitmask). Restore the dense model with:", "",
+            "```python", "from smc_hf.compressed import from_compressed", "", 'model = from_compressed(".")', "```",
+            "", "or write a plain dense folder with `smc_hf.compressed.decompress_folder(src, dst)`.", "",
+        ]
+    else:
+        lines += [
+            "The weights are dense with exact zeros: plain `from_pretrained` loads them, no extra code needed.", "",
+            "```python", "from transformers import AutoModel", "",
+            f'model = AutoModel.from_pretrained("{hub_base or "path/to/this/folder"}")', "```", "",
+        ]
+    if block.get("masks_file"):
+        lines += [
+            "## Continuing training with the same mask", "",
+            f"`{MASKS_FILE}` holds the exact keep-mask (kept weights that happen to be zero included). "
+            "`smc_hf` keeps it through fine-tuning:", "",
+            "```python", "from smc_hf import SparseTrainer, SparsityConfig", "",
+            'trainer = SparseTrainer(model=model, args=args, train_dataset=train, '
+            'sparsity_config=SparsityConfig(method="fixed"))', "```", "",
+        ]
+    lines += [
+        "The `sparsity` entry of `config.json` records the same numbers as plain data; loading never executes "
+        f"anything named in it. Made with smc_hf {block.get('smc_hf_version')}.", "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: str, base_model: Optional[str] = None, command: Optional[str] = None) -> str:
+    """Write `folder/README.md` from the folder's `sparsity` block; returns its path."""
+    block = read_sparsity_block(folder)
+    if block is None:
+        raise ValueError(f"{folder}/config.json has no sparsity block; save the model with smc_hf first")
+    path = os.path.join(folder, "README.md")
+    ModelCard(render_model_card(block, base_model=base_model, command=command)).save(path)
+    return path
