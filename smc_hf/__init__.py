@@ -9,6 +9,7 @@ from .version import __version__
 
 from .callbacks import SparsityCallback  # noqa: E402  (imports transformers)
 from .trainer import SparseSeq2SeqTrainer, SparseTrainer  # noqa: E402
+from .checkpoint_pruning import prune_checkpoint  # noqa: E402
 
 __all__ = [
     "MASKS_FILE",
@@ -22,6 +23,7 @@ __all__ = [
     "SparsityReport",
     "__version__",
     "available_methods",
+    "prune_checkpoint",
     "prune_model",
     "sparsity_report",
 ]
