@@ -1,0 +1,187 @@
+"""Streaming pruning: same masks as in memory, exact counts with ties, resumable, bounded reads, clear errors."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+import smc_hf.streaming as streaming
+from smc_hf import MASKS_FILE, SparsityConfig, prune_model
+from smc_hf.allocation import ordered_keys, prune_lowest
+from smc_hf.checkpoint import read_sparsity_block
+from smc_hf.compressed import read_masks
+from smc_hf.safetensors_io import SafetensorsWriter, TensorInfo
+from smc_hf.streaming import ExactThreshold, prune_checkpoint_streaming
+from tests.helpers import tiny_roberta
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Chunks of 40 elements, so every tensor spans several chunks (tie bookkeeping across chunks)."""
+    monkeypatch.setattr(streaming, "CHUNK", 40)
+
+
+def _checkpoint(path, model=None):
+    model = model or tiny_roberta()
+    model.save_pretrained(path, max_shard_size="8KB")
+    return str(path)
+
+
+def _quantised_model():
+    """Weights on a coarse grid, so thousands of weights tie at any threshold."""
+    model = tiny_roberta()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.round(p * 20) / 20)
+    return model
+
+
+@pytest.mark.parametrize("distribution", ["global", "uniform", "erk"])
+@pytest.mark.parametrize("quantised", [False, True])
+def test_streaming_matches_prune_model_bit_for_bit(tmp_path, distribution, quantised):
+    make = _quantised_model if quantised else tiny_roberta
+    source = _checkpoint(tmp_path / "src", make())
+    cfg = SparsityConfig(method="omp", sparsity=0.6, distribution=distribution)
+    report = prune_checkpoint_streaming(source, str(tmp_path / "out"), cfg, progress=False)
+    reference = make()
+    masks = prune_model(reference, cfg)
+    got = read_masks(str(tmp_path / "out" / MASKS_FILE))
+    assert set(got) == set(masks.names)
+    for name, mask in masks.masks.items():
+        assert torch.equal(got[name], mask), name
+    pruned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    for name, value in reference.state_dict().items():
+        assert torch.equal(pruned.state_dict()[name], value), name
+    assert sum(int((~m).sum()) for m in got.values()) == sum(int((~m).sum()) for m in masks.masks.values())
+    if distribution == "global":
+        assert sum(int((~m).sum()) for m in got.values()) == round(0.6 * masks.numel())
+    assert report.target == 0.6
+    block = read_sparsity_block(tmp_path / "out")
+    assert block["streaming"] is True and block["distribution"] == distribution
+
+
+def test_exact_threshold_counts_ties_in_group_order():
+    torch.manual_seed(0)
+    groups = {"a": torch.randint(0, 5, (1000,)).float(), "b": torch.randint(0, 5, (777,)).float(),
+              "c": torch.zeros(50)}
+    keys = {n: ordered_keys(t) for n, t in groups.items()}
+    for k in (1, 50, 431, 1000, 1827):
+        finder = ExactThreshold(k)
+        for chunk in keys.values():
+            for piece in chunk.split(64):
+                finder.count_high(piece)
+        finder.resolve_bin()
+        for name, chunk in keys.items():
+            for piece in chunk.split(64):
+                finder.count_low(name, piece)
+        threshold = finder.resolve()
+        quotas = finder.quotas(list(keys))
+        masks = []
+        for name, chunk in keys.items():
+            parts, quota = [], quotas[name]
+            for piece in chunk.split(64):
+                keep, quota = streaming.prune_chunk(piece, threshold, quota)
+                parts.append(keep)
+            masks.append(torch.cat(parts))
+        expected = prune_lowest(list(keys.values()), k)
+        assert all(torch.equal(m, e) for m, e in zip(masks, expected)), k
+        assert sum(int((~m).sum()) for m in masks) == k
+
+
+def test_random_streaming_is_exact_and_reproducible(tmp_path):
+    source = _checkpoint(tmp_path / "src")
+    cfg = SparsityConfig(method="random", sparsity=0.3, mask_seed=7)
+    prune_checkpoint_streaming(source, str(tmp_path / "a"), cfg, progress=False)
+    prune_checkpoint_streaming(source, str(tmp_path / "b"), cfg, progress=False)
+    a, b = read_masks(str(tmp_path / "a" / MASKS_FILE)), read_masks(str(tmp_path / "b" / MASKS_FILE))
+    for name, mask in a.items():
+        assert torch.equal(mask, b[name])
+        assert int((~mask).sum()) == round(0.3 * mask.numel())  # random defaults to uniform
+    other = SparsityConfig(method="random", sparsity=0.3, mask_seed=8)
+    prune_checkpoint_streaming(source, str(tmp_path / "c"), other, progress=False)
+    c = read_masks(str(tmp_path / "c" / MASKS_FILE))
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+
+
+def test_an_interrupted_run_leaves_no_output_and_resumes_without_redoing_the_passes(tmp_path, monkeypatch):
+    source = _checkpoint(tmp_path / "src")
+    cfg = SparsityConfig(method="omp", sparsity=0.5)
+    out = tmp_path / "out"
+    write_shard = streaming._write_shard
+    calls = {"shards": 0, "passes": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["shards"] += 1
+        if calls["shards"] == 3:
+            raise KeyboardInterrupt
+        return write_shard(*args, **kwargs)
+
+    thresholds = streaming._global_thresholds
+
+    def counted(*args, **kwargs):
+        calls["passes"] += 1
+        return thresholds(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "_write_shard", interrupted)
+    monkeypatch.setattr(streaming, "_global_thresholds", counted)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoint_streaming(source, str(out), cfg, progress=False)
+    assert not out.exists()
+    partial = tmp_path / "out.partial"
+    assert sum(n.startswith("model-") and n.endswith(".safetensors") for n in os.listdir(partial)) == 2
+    monkeypatch.setattr(streaming, "_write_shard", write_shard)
+    prune_checkpoint_streaming(source, str(out), cfg, progress=False)
+    assert calls["passes"] == 1 and not partial.exists()
+    prune_checkpoint_streaming(source, str(tmp_path / "fresh"), cfg, progress=False)
+    for name in os.listdir(tmp_path / "fresh"):
+        if name.endswith(".safetensors"):
+            resumed, fresh = load_file(out / name), load_file(tmp_path / "fresh" / name)
+            assert all(torch.equal(resumed[k], fresh[k]) for k in fresh), name
+
+
+def test_bad_checkpoints_fail_before_any_output(tmp_path):
+    source = _checkpoint(tmp_path / "src")
+    cfg = SparsityConfig(method="omp", sparsity=0.5)
+    shards = sorted(n for n in os.listdir(source) if n.startswith("model-"))
+    data = open(os.path.join(source, shards[-1]), "rb").read()
+    with open(os.path.join(source, shards[-1]), "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"{shards[-1]}: not a valid safetensors file"):
+        prune_checkpoint_streaming(source, str(tmp_path / "out"), cfg, progress=False)
+    os.remove(os.path.join(source, shards[-1]))
+    with pytest.raises(FileNotFoundError, match=shards[-1]):
+        prune_checkpoint_streaming(source, str(tmp_path / "out"), cfg, progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    with pytest.raises(ValueError, match="needs the model in memory"):
+        prune_checkpoint_streaming(source, str(tmp_path / "out"), SparsityConfig(method="gmp", sparsity=0.5))
+
+
+def test_selected_weights_missing_from_the_checkpoint_are_named(tmp_path):
+    source = _checkpoint(tmp_path / "src")
+    cfg = SparsityConfig(method="omp", sparsity=0.5, targets=[r"classifier\.dense\.weight"])
+    prune_checkpoint_streaming(source, str(tmp_path / "ok"), cfg, progress=False)
+    assert list(read_masks(str(tmp_path / "ok" / MASKS_FILE))) == ["classifier.dense.weight"]
+    with pytest.raises(ValueError, match="no prunable weights selected"):
+        prune_checkpoint_streaming(source, str(tmp_path / "bad"), SparsityConfig(
+            method="omp", sparsity=0.5, targets=["nothing_matches"]), progress=False)
+
+
+def test_streaming_writer_checks_what_it_writes(tmp_path):
+    plan = [TensorInfo("a", "F32", (2, 3)), TensorInfo("b", "BF16", (4,))]
+    path = str(tmp_path / "w.safetensors")
+    with SafetensorsWriter(path, plan, {"format": "pt"}) as writer:
+        with pytest.raises(ValueError, match="planned F32"):
+            writer.write("a", torch.zeros(3, 2))
+        with pytest.raises(KeyError, match="not in the planned header"):
+            writer.write("c", torch.zeros(1))
+        writer.write("b", torch.arange(4, dtype=torch.bfloat16))
+        writer.write("a", torch.ones(2, 3))
+    state = load_file(path)
+    assert torch.equal(state["a"], torch.ones(2, 3)) and torch.equal(state["b"], torch.arange(4, dtype=torch.bfloat16))
+    writer = SafetensorsWriter(path, plan)
+    writer.write("a", torch.ones(2, 3))
+    with pytest.raises(ValueError, match="never written"):
+        writer.close()
+    assert not os.path.exists(path)
