@@ -1,0 +1,55 @@
+"""benchmarks/report.py: every benchmark run as a subprocess, figures collected, absent or broken ones named."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FOLLOWS = textwrap.dedent("""
+    import argparse, json
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json")
+    a = p.parse_args()
+    print("step ratio 1.02" if not a.quick else "quick step ratio 1.05")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"title": "Step overhead", "quick": a.quick,
+                       "headline": [{"name": "step time ratio", "value": 1.05 if a.quick else 1.02, "unit": "x"}],
+                       "tables": [{"title": "runs", "columns": ["setup", "s"], "rows": [["stock", 0.5]]}],
+                       "nested": {"bytes_per_weight": {"mask": 1.0}}}, f)
+""")
+NO_JSON = "import argparse\nargparse.ArgumentParser().parse_args()\nprint('figures only on stdout: 42')\n"
+BROKEN = "import argparse, sys\np = argparse.ArgumentParser()\np.add_argument('--json')\np.parse_args()\nsys.exit(4)\n"
+
+
+def test_report_gathers_figures_and_names_missing_and_broken_benchmarks(tmp_path):
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "overhead.py").write_text(FOLLOWS)
+    (bench / "compressed_size.py").write_text(NO_JSON)
+    (bench / "scaling.py").write_text(BROKEN)
+    (bench / "extra_one.py").write_text(FOLLOWS)
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "report.py"), "--quick",
+                           "--benchmarks-dir", str(bench), "--output", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    outcomes = {o["name"]: o for o in json.loads((out / "REPORT.json").read_text())}
+    assert list(outcomes) == ["overhead", "algorithms", "streaming_prune", "compressed_size", "scaling", "extra_one"]
+    assert outcomes["overhead"]["status"] == "ok" and outcomes["overhead"]["figures"]["quick"] is True
+    assert "--quick" in outcomes["overhead"]["command"] and "--json" in outcomes["overhead"]["command"]
+    assert outcomes["algorithms"]["status"] == "missing" and outcomes["streaming_prune"]["status"] == "missing"
+    assert outcomes["compressed_size"]["status"] == "no-json"
+    assert "--quick" not in outcomes["compressed_size"]["command"]  # not passed where not supported
+    assert outcomes["scaling"]["status"] == "failed" and outcomes["scaling"]["detail"] == "exit code 4"
+    assert outcomes["extra_one"]["status"] == "ok"
+    md = (out / "REPORT.md").read_text()
+    assert "| overhead | ok |" in md and "step time ratio: 1.05 x" in md
+    assert "| algorithms | missing |" in md and "| scaling | failed |" in md
+    assert "| stock | 0.5 |" in md and "nested.bytes_per_weight.mask = 1" in md
+    assert "figures only on stdout: 42" in md
