@@ -62,8 +62,13 @@ class SparsityMethod:
         )
 
     # -- the shared mechanics --------------------------------------------------------------------------
-    def prune_to(self, ctx: PruneContext, sparsity: float, criterion: str | None = None) -> None:
-        scores = CRITERIA.get(criterion or self.criterion)(ctx)
+    def prune_to(
+        self, ctx: PruneContext, sparsity: float, criterion: str | None = None, scores: dict | None = None
+    ) -> None:
+        """Mask the lowest-scored weights down to `sparsity`. `scores` stands in for the criterion when the method
+        computed them itself (e.g. with options from its config, such as SNIP's number of batches)."""
+        if scores is None:
+            scores = CRITERIA.get(criterion or self.criterion)(ctx)
         masks = allocate(scores, sparsity, self.distribution, erk_power_scale=self.config.erk_power_scale)
         del scores
         ctx.masks.update(masks)
