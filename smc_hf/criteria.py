@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from .calibration import calibration_gradients, calibration_seed, show_progress
 from .context import PruneContext
 from .registry import Registry
 
@@ -36,3 +37,34 @@ def random(ctx: PruneContext) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(int(ctx.seed) * 1000003 + ctx.round)
     scores = {n: torch.rand(p.shape, generator=gen).to(p.device) for n, p in ctx.masks.params.items()}
     return exclude_pruned(ctx, scores)
+
+
+@CRITERIA.register("snip")
+def snip(ctx: PruneContext, batches: int = 1) -> dict[str, torch.Tensor]:
+    """SNIP connection sensitivity (Lee et al. 2019): |grad * w| of the task loss, summed over `batches`
+    calibration batches (one per batch, then added), at the current weights."""
+    params = ctx.masks.params
+    scores = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
+    gradients = calibration_gradients(
+        ctx.model, params, ctx.dataloader, batches, seed=calibration_seed(ctx.seed, ctx.round, ctx.step),
+        what="SNIP scores", progress=show_progress(ctx.args),
+    )
+    for grads in gradients:
+        with torch.no_grad():
+            for name, grad in grads.items():
+                scores[name].add_(grad.mul_(params[name].detach()).abs_())
+    return exclude_pruned(ctx, scores)
+
+
+@CRITERIA.register("gradient")
+@torch.no_grad()
+def gradient(ctx: PruneContext) -> dict[str, torch.Tensor]:
+    """|grad| of the gradients in `.grad` (RigL's growth score). Pruned positions are not excluded: they are
+    where growth looks. Valid in `before_optimizer_step`, where the dense gradients of the step are present."""
+    if all(p.grad is None for p in ctx.masks.params.values()):
+        raise ValueError("the gradient criterion needs gradients in .grad; use it in before_optimizer_step")
+    return {
+        n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) if p.grad is None else p.grad.detach().abs().float()
+        for n, p in ctx.masks.params.items()
+    }
+

@@ -1,0 +1,28 @@
+"""SNIP (Lee et al. 2019): a mask from connection sensitivity at the pre-trained weights, fixed afterwards."""
+
+from __future__ import annotations
+
+from ..context import PruneContext
+from ..criteria import CRITERIA
+from .base import SparsityMethod
+from .registry import METHODS
+
+
+@METHODS.register("snip")
+class SNIP(SparsityMethod):
+    """Keep the weights with the largest |grad * w| of the task loss, summed over `snip_batches` training batches
+    (SMC-Bench: one batch), ranked globally by default; the mask stays fixed during fine-tuning.
+
+    Scores come from calibration passes with dropout off, on a seeded shuffle of the training set inside a
+    Trainer, or on the dataloader given to `prune_model` in its own order (see `smc_hf.calibration`).
+    """
+
+    timing = "before"
+    criterion = "snip"
+    one_shot_capable = True
+
+    def on_round_begin(self, ctx: PruneContext) -> None:
+        scores = CRITERIA.get("snip")(ctx, batches=self.config.snip_batches)
+        self.prune_to(ctx, self.config.sparsity, scores=scores)
+
+    one_shot = on_round_begin
