@@ -1,0 +1,119 @@
+"""LTH / IMP with rewinding (Frankle & Carbin 2019; Frankle et al. 2020): train, prune, rewind, repeat."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from accelerate import PartialState
+from safetensors.torch import load_model, save_model
+
+from ..context import PruneContext
+from .base import SparsityMethod
+from .registry import METHODS
+
+REWIND_FILE = "lth_rewind.safetensors"
+#: How far a target may sit from the grid 1 - (1 - rate)^k and still mean round k (the paper prints 0.59 for 0.5904).
+GRID_TOLERANCE = 0.005
+
+
+def grid_sparsity(rate: float, k: int) -> float:
+    return 1.0 - (1.0 - rate) ** k
+
+
+def pruning_rounds(sparsity: float, rate: float) -> int:
+    """The k with 1 - (1 - rate)^k nearest `sparsity`; an error naming the nearest grid points if it is not close."""
+    exact = math.log(1.0 - sparsity) / math.log(1.0 - rate)
+    lower, upper = max(math.floor(exact), 0), math.floor(exact) + 1
+    k = min((lower, upper), key=lambda j: abs(grid_sparsity(rate, j) - sparsity))
+    if k < 1 or abs(grid_sparsity(rate, k) - sparsity) > GRID_TOLERANCE:
+        points = ", ".join(f"{grid_sparsity(rate, j):.4g} ({j} rounds)" for j in (lower, upper) if j >= 1)
+        raise ValueError(
+            f"lth reaches only the sparsities 1 - (1 - lth_rate)^k; {sparsity} is not within {GRID_TOLERANCE} of one "
+            f"for lth_rate = {rate} (nearest: {points}); pick one of those or change lth_rate"
+        )
+    return k
+
+
+@METHODS.register("lth", aliases=("imp",))
+class LTH(SparsityMethod):
+    """Round 0 trains dense. Each later round starts by pruning `lth_rate` of the remaining selected weights by
+    global magnitude of the trained weights, then rewinds the whole model (head included, as in the paper) to the
+    rewind point and trains again with a fresh optimizer and LR schedule; the last round trains the final ticket.
+
+    Sparsity after pruning k is exactly 1 - (1 - lth_rate)^k of the selected weights (0.2, 0.36, 0.488, ...). The
+    target must lie within 0.005 of that grid; the last pruning goes to the target itself, so 0.59 means four
+    rounds of 20% with the fourth ending at 0.59 rather than 0.5904. `rewind_step` 0 rewinds to the weights the
+    run started from (the paper); k > 0 to those after k optimizer steps of round 0 (late rewinding).
+    The rewind weights are written once, as safetensors, to round 0's folder (`lth_rewind.safetensors`),
+    so a run resumed in any round rewinds to the same point.
+    """
+
+    timing = "after"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.prunings = pruning_rounds(config.sparsity, config.lth_rate)
+        self.rewind_file = None
+
+    @classmethod
+    def validate(cls, config) -> None:
+        super().validate(config)
+        pruning_rounds(config.sparsity, config.lth_rate)
+
+    @property
+    def num_rounds(self) -> int:
+        return self.prunings + 1
+
+    def round_sparsity(self, round_idx: int) -> float:
+        if round_idx >= self.prunings:
+            return self.config.sparsity
+        return grid_sparsity(self.config.lth_rate, round_idx)
+
+    def setup(self, ctx: PruneContext) -> None:
+        if ctx.round == 0 and self.config.rewind_step > ctx.max_steps:
+            raise ValueError(
+                f"rewind_step = {self.config.rewind_step} is past the end of round 0 ({ctx.max_steps} optimizer steps)"
+            )
+
+    def on_round_begin(self, ctx: PruneContext) -> None:
+        if ctx.round == 0:
+            if self.config.rewind_step == 0:
+                self._save_rewind_point(ctx)
+            return
+        self.prune_to(ctx, self.round_sparsity(ctx.round))
+        self._rewind(ctx)
+
+    def after_optimizer_step(self, ctx: PruneContext) -> None:
+        if ctx.round == 0 and ctx.step == self.config.rewind_step:
+            self._save_rewind_point(ctx)
+
+    # -- the rewind point ----------------------------------------------------------------------------------
+    def _save_rewind_point(self, ctx: PruneContext) -> None:
+        if not ctx.output_dir:
+            raise ValueError("lth writes its rewind weights under the output directory; none was given")
+        path = os.path.abspath(os.path.join(ctx.output_dir, REWIND_FILE))
+        if getattr(ctx.args, "should_save", True):
+            os.makedirs(ctx.output_dir, exist_ok=True)
+            save_model(ctx.model, path + ".tmp", metadata={"format": "pt", "rewind_step": str(self.config.rewind_step)})
+            os.replace(path + ".tmp", path)
+        PartialState().wait_for_everyone()
+        self.rewind_file = path
+
+    def _rewind(self, ctx: PruneContext) -> None:
+        if not self.rewind_file or not os.path.isfile(self.rewind_file):
+            raise FileNotFoundError(
+                f"lth: rewind weights not found at {self.rewind_file}; they are written in round 0 "
+                f"(its output folder), which must be kept until the last round has started"
+            )
+        device = next(ctx.model.parameters()).device
+        load_model(ctx.model, self.rewind_file, strict=True, device=str(device))
+        ctx.masks.apply(ctx.optimizer)
+
+    # -- resume --------------------------------------------------------------------------------------------
+    def state_dict(self):
+        return {**super().state_dict(), "rewind_file": self.rewind_file}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.rewind_file = state.get("rewind_file")

@@ -1,0 +1,134 @@
+"""RigL (Evci et al. 2020): dynamic sparse training that moves connections during fine-tuning."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import torch
+
+from ..allocation import ordered_keys, prune_lowest
+from ..context import PruneContext
+from ..criteria import CRITERIA
+from ..masks import unwrap_optimizer
+from ..schedules import resolve_step
+from .base import SparsityMethod
+from .registry import METHODS
+
+logger = logging.getLogger(__name__)
+
+INITS = {"omp": "magnitude", "snip": "snip", "random": "random"}
+
+
+def drop_fraction_at(step: int, end: int, initial: float) -> float:
+    """Cosine decay of the drop fraction: initial * (1 + cos(pi * t / end)) / 2, zero from `end` on."""
+    if step >= end:
+        return 0.0
+    return initial * (1.0 + math.cos(math.pi * step / end)) / 2.0
+
+
+def drop_count(active: int, inactive: int, fraction: float) -> int:
+    """Connections one layer moves: the fraction of its active weights (rounded half up), at most its inactive ones."""
+    return min(math.floor(fraction * active + 0.5), inactive)
+
+
+def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool mask of the `count` highest scores (ties: the higher index wins, deterministically)."""
+    return prune_lowest([ordered_keys(scores)], scores.numel() - count)[0]
+
+
+@METHODS.register("rigl")
+class RigL(SparsityMethod):
+    """Start from an OMP, SNIP or random mask (`rigl_init`), then every `update_every` optimizer steps until
+    `end_step` (default 75% of training) move connections inside each layer.
+
+    An update at step t drops, in each layer, n = round(f_t * active) active weights of smallest magnitude, with
+    f_t = drop_fraction * (1 + cos(pi t / end_step)) / 2, and grows n where the dense gradient of step t is
+    largest among the weights that were inactive before the drop. Just-dropped weights are not regrown in the
+    same update, so every update moves exactly n connections per layer and layer densities never change.
+    Grown weights start at 0 with zeroed optimizer state.
+
+    The gradient is the one the Trainer computed for step t (accumulated over its micro-batches): the growth set
+    is chosen in `before_optimizer_step`, where gradients are still dense, and the mask is changed after the
+    optimizer step, so no extra forward pass is made. Default update interval: a sixth of training, as
+    SMC-Bench's 500 of 3000 steps on CSQA. Layer densities come from the distribution (default: ERK for a
+    random start, global for OMP and SNIP).
+    """
+
+    timing = "before"
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.distribution is None:
+            self.distribution = "erk" if config.rigl_init == "random" else "global"
+        self._growth: Optional[dict[str, torch.Tensor]] = None
+        self._growth_step = -1
+
+    @classmethod
+    def validate(cls, config) -> None:
+        super().validate(config)
+        if config.rigl_init not in INITS:
+            raise ValueError(f"rigl_init must be one of {', '.join(INITS)}, got {config.rigl_init!r}")
+        if config.begin_step is not None:
+            raise ValueError("rigl updates the mask from the first step on; begin_step is not used, leave it unset")
+
+    def setup(self, ctx: PruneContext) -> None:
+        self.end = resolve_step(self.config.end_step, ctx.max_steps, 0.75, "end_step")
+        self.every = self.config.update_every or max(1, round(ctx.max_steps / 6))
+        if self.every >= self.end:
+            raise ValueError(
+                f"rigl would never update the mask: update_every = {self.every} steps is not before end_step "
+                f"(step {self.end} of {ctx.max_steps}); lower update_every or move end_step later"
+            )
+
+    def is_update(self, step: int) -> bool:
+        return 0 < step < self.end and step % self.every == 0
+
+    def on_round_begin(self, ctx: PruneContext) -> None:
+        init = self.config.rigl_init
+        scores = CRITERIA.get("snip")(ctx, batches=self.config.snip_batches) if init == "snip" else None
+        self.prune_to(ctx, self.config.sparsity, criterion=INITS[init], scores=scores)
+
+    # -- updates -------------------------------------------------------------------------------------------
+    def before_optimizer_step(self, ctx: PruneContext) -> None:
+        step = ctx.step + 1  # the step about to be taken
+        self._growth = None
+        if not self.is_update(step) or ctx.masks.is_dense:
+            return
+        grads = CRITERIA.get("gradient")(ctx)
+        if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+            logger.warning("rigl: non-finite gradients at step %d; the mask update of this step is skipped", step)
+            return
+        fraction = drop_fraction_at(step, self.end, self.config.drop_fraction)
+        growth = {}
+        for name, mask in ctx.masks.masks.items():
+            active = int(mask.sum())
+            n = drop_count(active, mask.numel() - active, fraction)
+            growth[name] = _top(grads[name].masked_fill_(mask, float("-inf")), n)
+        self._growth, self._growth_step = growth, step
+
+    @torch.no_grad()
+    def after_optimizer_step(self, ctx: PruneContext) -> None:
+        if self._growth is None or self._growth_step != ctx.step:
+            return
+        growth, self._growth = self._growth, None
+        for name, grow in growth.items():
+            mask, param = ctx.masks.masks[name], ctx.masks.params[name]
+            n = int(grow.sum())
+            magnitude = param.detach().abs().float().masked_fill_(~mask, float("inf"))
+            dropped = ~prune_lowest([ordered_keys(magnitude)], n)[0]
+            ctx.masks.set(name, (mask & ~dropped) | grow)
+        ctx.masks.apply(ctx.optimizer)
+        ctx.masks.apply_to_grads()
+        self._reset_grown(ctx, growth)
+
+    def _reset_grown(self, ctx: PruneContext, growth: dict[str, torch.Tensor]) -> None:
+        """Grown weights start from zero, with zero optimizer moments (they were inactive until now)."""
+        state = unwrap_optimizer(ctx.optimizer).state if ctx.optimizer is not None else {}
+        for name, grow in growth.items():
+            param = ctx.masks.params[name]
+            param.data.masked_fill_(grow, 0.0)
+            for value in (state.get(param) or {}).values():
+                if torch.is_tensor(value) and value.shape == grow.shape:
+                    value.masked_fill_(grow, 0)

@@ -1,0 +1,136 @@
+"""RigL: every update moves exactly the scheduled number of connections per layer, by magnitude and gradient."""
+
+import math
+
+import pytest
+import torch
+
+from smc_hf import SparseTrainer, SparsityConfig
+from smc_hf.allocation import erk_keep_counts
+from smc_hf.masks import unwrap_optimizer
+from tests.helpers import ToyClassification, tiny_roberta, training_args
+
+
+class UpdateRecorder:
+    """Wraps the method's step events to keep what an update saw and left behind."""
+
+    def __init__(self, method):
+        self.updates, self.initial = [], None
+        self._dense = None
+        begin, before, after = method.on_round_begin, method.before_optimizer_step, method.after_optimizer_step
+
+        def on_round_begin(ctx):
+            begin(ctx)
+            self.initial = {n: m.clone() for n, m in ctx.masks.masks.items()}
+
+        def before_optimizer_step(ctx):
+            self._dense = {n: p.grad.detach().clone() for n, p in ctx.masks.params.items()}
+            before(ctx)
+
+        def after_optimizer_step(ctx):
+            old = {n: m.clone() for n, m in ctx.masks.masks.items()}
+            weights = {n: p.detach().clone() for n, p in ctx.masks.params.items()}
+            after(ctx)
+            if method.is_update(ctx.step):
+                state = unwrap_optimizer(ctx.optimizer).state
+                self.updates.append(dict(
+                    step=ctx.step, old=old, weights=weights, dense=self._dense,
+                    new={n: m.clone() for n, m in ctx.masks.masks.items()},
+                    params={n: p.detach().clone() for n, p in ctx.masks.params.items()},
+                    grads={n: p.grad.detach().clone() for n, p in ctx.masks.params.items()},
+                    state={n: {k: v.clone() for k, v in state[p].items() if torch.is_tensor(v) and v.shape == p.shape}
+                           for n, p in ctx.masks.params.items()},
+                ))
+
+        method.on_round_begin = on_round_begin
+        method.before_optimizer_step = before_optimizer_step
+        method.after_optimizer_step = after_optimizer_step
+
+
+def _train(tmp_path, cfg, **overrides):
+    defaults = dict(max_steps=8, logging_steps=4)
+    defaults.update(overrides)
+    trainer = SparseTrainer(model=tiny_roberta(), args=training_args(tmp_path, **defaults),
+                            train_dataset=ToyClassification(), sparsity_config=cfg)
+    recorder = UpdateRecorder(trainer.sparsity_callback.method)
+    trainer.train()
+    return trainer, recorder
+
+
+def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
+    flat = scores.flatten()
+    ranked = flat.sort(descending=True).values
+    assert count == 0 or count == flat.numel() or ranked[count - 1] != ranked[count], "tie at the cut"
+    out = torch.zeros_like(flat, dtype=torch.bool)
+    out[flat.topk(count).indices] = True
+    return out.view_as(scores)
+
+
+@pytest.mark.parametrize("init", ["omp", "snip", "random"])
+def test_every_update_moves_the_scheduled_connections_and_keeps_inactive_state_zero(tmp_path, init):
+    cfg = SparsityConfig(method="rigl", sparsity=0.6, rigl_init=init, update_every=2, drop_fraction=0.5)
+    trainer, rec = _train(tmp_path, cfg)
+    assert [u["step"] for u in rec.updates] == [2, 4]  # end_step = 75% of 8 = 6, exclusive
+    total = sum(m.numel() for m in rec.initial.values())
+    assert sum(int((~m).sum()) for m in rec.initial.values()) == round(0.6 * total)
+    for u in rec.updates:
+        fraction = 0.5 * (1 + math.cos(math.pi * u["step"] / 6)) / 2
+        moved = 0
+        for name, old in u["old"].items():
+            new = u["new"][name]
+            dropped, grown = old & ~new, ~old & new
+            active = int(old.sum())
+            n = min(math.floor(fraction * active + 0.5), old.numel() - active)
+            assert int(dropped.sum()) == int(grown.sum()) == n, name
+            moved += n
+            assert int(new.sum()) == int(rec.initial[name].sum())  # the layer's density never changes
+            assert torch.equal(grown, _top(u["dense"][name].abs().masked_fill(old, -1.0), n)), name
+            assert torch.equal(dropped, _top((-u["weights"][name].abs()).masked_fill(~old, -float("inf")), n)), name
+            assert bool((u["params"][name][~new] == 0).all()) and bool((u["params"][name][grown] == 0).all())
+            assert bool((u["grads"][name][~new] == 0).all())
+            assert u["state"][name], "no optimizer state recorded"
+            for key, value in u["state"][name].items():
+                assert bool((value[~new] == 0).all()) and bool((value[grown] == 0).all()), (name, key)
+        assert moved > 0
+    final = trainer.sparsity_callback.masks
+    assert sum(final.weight_zeros().values()) >= round(0.6 * total)
+    assert sum(int((~m).sum()) for m in final.masks.values()) == round(0.6 * total)
+    if init == "random":  # ERK layer densities by default for a random start
+        keep = erk_keep_counts([tuple(m.shape) for m in rec.initial.values()], 0.6)
+        assert [int(m.sum()) for m in rec.initial.values()] == keep
+
+
+def test_updates_count_optimizer_steps_under_gradient_accumulation(tmp_path):
+    cfg = SparsityConfig(method="rigl", sparsity=0.5, update_every=2)
+    trainer, rec = _train(tmp_path, cfg, gradient_accumulation_steps=2, per_device_train_batch_size=2)
+    assert trainer.sparsity_callback.step == 8
+    assert [u["step"] for u in rec.updates] == [2, 4]
+    assert all(any(not torch.equal(u["old"][n], u["new"][n]) for n in u["old"]) for u in rec.updates)
+
+
+def test_same_seed_same_run(tmp_path):
+    cfg = SparsityConfig(method="rigl", sparsity=0.5, rigl_init="random", update_every=2)
+    first, _ = _train(tmp_path / "a", cfg)
+    second, _ = _train(tmp_path / "b", cfg)
+    assert first.sparsity_callback.masks.digest() == second.sparsity_callback.masks.digest()
+    assert all(torch.equal(p, q) for p, q in zip(first.model.parameters(), second.model.parameters()))
+
+
+def test_bad_options_are_rejected_before_training(tmp_path):
+    with pytest.raises(ValueError, match="rigl_init must be one of omp, snip, random"):
+        SparsityConfig(method="rigl", sparsity=0.5, rigl_init="magnitude")
+    with pytest.raises(ValueError, match="begin_step is not used"):
+        SparsityConfig(method="rigl", sparsity=0.5, begin_step=0.1)
+    with pytest.raises(ValueError, match="drop_fraction must be in"):
+        SparsityConfig(method="rigl", sparsity=0.5, drop_fraction=1.5)
+    model = tiny_roberta()
+    before = [p.detach().clone() for p in model.parameters()]
+    for cfg, message in [
+        (SparsityConfig(method="rigl", sparsity=0.5, end_step=50), "end_step = 50 is step 50, past the end of training"),
+        (SparsityConfig(method="rigl", sparsity=0.5, update_every=6), "rigl would never update the mask"),
+    ]:
+        trainer = SparseTrainer(model=model, args=training_args(tmp_path, max_steps=8),
+                                train_dataset=ToyClassification(), sparsity_config=cfg)
+        with pytest.raises(ValueError, match=message):
+            trainer.train()
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
