@@ -138,11 +138,13 @@ class SparsityCallback(TrainerCallback, ExportableState):
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not getattr(optimizer, "step_was_skipped", False):
             self.step += 1
-            self.method.after_optimizer_step(self.context(args, state, model, optimizer))
+            self.method.after_optimizer_step(
+                self.context(args, state, model, optimizer, kwargs.get("train_dataloader"))
+            )
         self.masks.apply(optimizer)
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.method.on_round_end(self.context(args, state, model, optimizer))
+        self.method.on_round_end(self.context(args, state, model, optimizer, kwargs.get("train_dataloader")))
 
     def on_save(self, args, state, control, **kwargs):
         if self.masks is None or self.masks.is_dense or not state.is_world_process_zero:
