@@ -114,9 +114,20 @@ def test_grid_parsing_and_validation():
     assert len(build_grid(["a"], parse_methods("gmp"), [0.2], [1], dense=False)) == 1
 
 
-def test_legend_names_follow_the_paper():
-    assert [MethodSpec.parse(m).legend for m in ("dense", "omp_after", "random_after", "gmp", "omp", "random")] == [
-        "Dense", "OMP (After)", "Random (After)", "GMP (During)", "OMP (Before)", "Random (Before)"]
+def test_method_specs_name_rigl_inits_apart_with_the_paper_legend():
+    specs = parse_methods("dense,lth,omp_after,random_after,gmp,snip,rigl:snip,random,rigl:random,omp,rigl,obert")
+    assert [m.legend for m in specs] == [
+        "Dense", "LTH (After)", "OMP (After)", "Random (After)", "GMP (During)", "SNIP (Before)", "SNIP+RIGL (Before)",
+        "Random (Before)", "Random+RIGL (Before)", "OMP (Before)", "OMP+RIGL (Before)", "oBERT (After)"]
+    assert parse_methods("rigl,rigl:omp") == [MethodSpec("rigl", "omp")]  # plain rigl starts from OMP
+    snip_rigl = MethodSpec.parse("rigl:snip")
+    assert snip_rigl.entry_args(0.5) == ["--sparsity_method", "rigl", "--sparsity", "0.5", "--rigl_init", "snip"]
+    cells = build_grid(["t"], parse_methods("rigl:snip,rigl:random,lth"), [0.2, 0.893], [1], dense=False)
+    assert [c.relpath for c in cells[:2]] == [os.path.join("t", "rigl-snip", f"sparsity-{s}", "seed-1")
+                                              for s in ("0.2", "0.893")]
+    assert [c.training_runs for c in cells if c.method.method == "lth"] == [2, 11]  # dense round + 20% rounds
+    with pytest.raises(ValueError, match="omp, snip or random mask"):
+        MethodSpec.parse("rigl:magnitude")
 
 
 def test_sweep_resumes_after_being_killed_and_report_equals_cell_files(fake, tmp_path):
@@ -226,11 +237,25 @@ def test_print_commands_lists_pending_cells_as_runnable_lines(fake, tmp_path, ca
         argv = shlex.split(line)
         assert argv[:2] == ["smc-bench", "run"] and "--no-dense" in argv
         assert cli.main(argv[1:]) == 0
+    assert "--sparsities" not in lines[0] and f"--output {out}" in lines[0]  # the dense cell; absolute folder
     ran = calls()[n_calls:]
     assert [tuple(c[1:3]) for c in ran] == [("dense", 0.0), ("omp_before", 0.5)]
     assert all(c[4] == ["--data_dir", "a b", "--max_steps", "2"] for c in ran)
     assert pending_cells(build_grid(["toy"], parse_methods("omp_before,random_before"), [0.25, 0.5], [1]),
                          str(out), "tiny") == []
+
+
+def test_accelerate_launch_command(fake, tmp_path):
+    entry, _ = fake
+    cell = build_grid(["toy"], parse_methods("rigl:snip"), [0.5], [2], dense=False)[0]
+    launcher = Launcher(entry, "m", ["--max_steps", "2"], {"toy": ["--fold", "1"]}, accelerate=True,
+                        accelerate_args=["--num_processes", "2"])
+    assert launcher.command(cell, "out/run", resume=True) == [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", entry, "--task", "toy",
+        "--model_name_or_path", "m", "--sparsity_method", "rigl", "--sparsity", "0.5", "--rigl_init", "snip",
+        "--seed", "2", "--output_dir", "out/run", "--fold", "1", "--max_steps", "2", "--resume_from_checkpoint", "True"]
+    line = shlex.split(launcher.cell_line(cell, "res"))
+    assert line[line.index("--accelerate-args") + 1] == "--num_processes 2" and line[-3:] == ["--", "--max_steps", "2"]
 
 
 def test_bad_input_fails_before_any_run(fake, tmp_path, capsys):
@@ -305,3 +330,18 @@ def test_aggregation_and_within_dense():
     assert within_dense(groups, tolerance=2.0)[("t", "omp_after")] == 0.59
     with pytest.raises(ValueError, match="mixes metrics"):
         aggregate([_result("dense", 0.0, 1, 1.0), _result("gmp", 0.5, 1, 1.0, metric_name="bleu")])
+
+
+def test_killed_cell_resumes_from_its_checkpoint_and_run_dirs_can_be_deleted(fake, tmp_path):
+    entry, calls = fake
+    out = tmp_path / "results"
+    cells = build_grid(["toy"], parse_methods("omp_after,gmp"), [0.5], [1], dense=False)
+    (out / "toy/omp_after/sparsity-0.5/seed-1/run/round-0/checkpoint-4").mkdir(parents=True)
+    summary = run_sweep(cells, str(out), Launcher(entry, "tiny"), delete_run_dirs=True, log=lambda m: None)
+    assert summary.ok and len(summary.completed) == 2
+    args = {c[1]: c[4] for c in calls()}
+    assert args == {"omp_after": ["--resume_from_checkpoint", "True"], "gmp": []}
+    for cell in cells:
+        folder = out / cell.relpath
+        assert not (folder / "run").exists() and (folder / "run.log").exists()
+        assert read_result(str(folder / "result.json"), str(out)).method == cell.method.spec

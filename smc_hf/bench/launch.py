@@ -51,9 +51,11 @@ class Launcher:
 
     def cell_line(self, cell: Cell, results_dir: str) -> str:
         """A shell line running just `cell` through `smc-bench run` (so it records and skips like a sweep)."""
-        args = ["smc-bench", "run", "--tasks", cell.task, "--methods", cell.method.spec,
-                "--sparsities", format_sparsity(cell.sparsity) if cell.sparsity else "paper",
-                "--seeds", str(cell.seed), "--output", results_dir, "--entry", self.entry, "--no-dense"]
+        args = ["smc-bench", "run", "--tasks", cell.task, "--methods", cell.method.spec]
+        if cell.sparsity:  # a dense cell runs at sparsity 0 whatever --sparsities says
+            args += ["--sparsities", format_sparsity(cell.sparsity)]
+        args += ["--seeds", str(cell.seed), "--output", os.path.abspath(results_dir), "--entry", self.entry,
+                 "--no-dense"]
         if self.model:
             args += ["--model", self.model]
         for task, task_args in self.task_args.items():
