@@ -16,10 +16,11 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from . import distributed
 from .config import SparsityConfig
 from .context import PruneContext
 from .masks import MASKS_FILE, MaskSet
-from .methods import build_method
+from .methods import SparsityMethod, build_method
 
 logger = logging.getLogger(__name__)
 
@@ -122,29 +123,51 @@ class SparsityCallback(TrainerCallback, ExportableState):
                 "SparseTrainer (a stock Trainer runs one round), or set skip_dense_phase=True when the model "
                 "is already fine-tuned"
             )
-        self.bind(model)
-        self.method.setup(self.context(args, state, model, optimizer, train_dataloader))
-        if state.global_step > 0:
-            self._restore(args, state)
-        else:
-            self.step = 0
-            self.method.on_round_begin(self.context(args, state, model, optimizer, train_dataloader))
+        placement = distributed.placement_for(model)
+        with distributed.bind_view(placement):
+            self.bind(model)
+        self.masks.placement = None
+        if placement is not None:
+            placement.attach(self.masks)
+            if not placement.grads_before_step and self._overrides("before_optimizer_step"):
+                raise ValueError(
+                    f"method {self.config.method!r} reads dense gradients before the optimizer step; under "
+                    f"{placement.name} the engine steps inside backward and leaves none; use DDP or FSDP"
+                )
+        with distributed.mask_update(self.masks):
+            self.method.setup(self.context(args, state, model, optimizer, train_dataloader))
+            if state.global_step > 0:
+                self._restore(args, state)
+            else:
+                self.step = 0
+                self.method.on_round_begin(self.context(args, state, model, optimizer, train_dataloader))
         self.masks.apply(optimizer)
 
+    def _overrides(self, event: str) -> bool:
+        """Whether the method acts on `event`: sharded weights are gathered only for events that can use them."""
+        return getattr(type(self.method), event) is not getattr(SparsityMethod, event)
+
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.method.before_optimizer_step(self.context(args, state, model, optimizer, kwargs.get("train_dataloader")))
+        if self._overrides("before_optimizer_step"):
+            distributed.unscale_gradients(optimizer, args)
+            with distributed.mask_update(self.masks, grads=True):
+                self.method.before_optimizer_step(
+                    self.context(args, state, model, optimizer, kwargs.get("train_dataloader"))
+                )
         self.masks.apply_to_grads()
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not getattr(optimizer, "step_was_skipped", False):
             self.step += 1
-            self.method.after_optimizer_step(
-                self.context(args, state, model, optimizer, kwargs.get("train_dataloader"))
-            )
+            with distributed.mask_update(self.masks, full=self._overrides("after_optimizer_step")):
+                self.method.after_optimizer_step(
+                    self.context(args, state, model, optimizer, kwargs.get("train_dataloader"))
+                )
         self.masks.apply(optimizer)
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.method.on_round_end(self.context(args, state, model, optimizer, kwargs.get("train_dataloader")))
+        with distributed.mask_update(self.masks, full=self._overrides("on_round_end")):
+            self.method.on_round_end(self.context(args, state, model, optimizer, kwargs.get("train_dataloader")))
 
     def on_save(self, args, state, control, **kwargs):
         if self.masks is None or self.masks.is_dense or not state.is_world_process_zero:

@@ -8,6 +8,7 @@ is safe to repeat after a skipped optimizer step.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from typing import Iterable, Optional
 
@@ -43,6 +44,12 @@ class MaskSet:
             raise ValueError("a MaskSet needs at least one parameter")
         self.params: dict[str, nn.Parameter] = dict(params)
         self.masks: dict[str, torch.Tensor] = {}
+        #: Full (logical) shapes, which masks always have, even where a rank holds only a shard.
+        self.shapes: dict[str, tuple[int, ...]] = {n: tuple(p.shape) for n, p in self.params.items()}
+        #: Maps masks onto sharded weights (`smc_hf.distributed`); None where weights are whole.
+        self.placement = None
+        #: Changes whenever a mask is set or cleared, so derived (sharded) masks are never stale.
+        self.version = 0
 
     @classmethod
     def for_model(cls, model: nn.Module, targets=None, ignore=None) -> "MaskSet":
@@ -64,7 +71,7 @@ class MaskSet:
         return list(self.params)
 
     def numel(self) -> int:
-        return sum(p.numel() for p in self.params.values())
+        return sum(math.prod(s) for s in self.shapes.values())
 
     @property
     def is_dense(self) -> bool:
@@ -73,9 +80,10 @@ class MaskSet:
     # -- setting masks ---------------------------------------------------------------------------------
     def set(self, name: str, mask: torch.Tensor) -> None:
         param = self.params[name]
-        if tuple(mask.shape) != tuple(param.shape):
-            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {tuple(param.shape)}")
+        if tuple(mask.shape) != self.shapes[name]:
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {self.shapes[name]}")
         self.masks[name] = mask.to(device=param.device, dtype=torch.bool)
+        self.version += 1
 
     def update(self, masks: dict[str, torch.Tensor]) -> None:
         for name, mask in masks.items():
@@ -83,6 +91,7 @@ class MaskSet:
 
     def clear(self) -> None:
         self.masks.clear()
+        self.version += 1
 
     # -- applying --------------------------------------------------------------------------------------
     def _pairs(self, tensors: Iterable[tuple[str, Optional[torch.Tensor]]]):
@@ -96,15 +105,21 @@ class MaskSet:
 
     @torch.no_grad()
     def apply_to_weights(self) -> None:
+        if self.placement is not None:
+            return self.placement.apply_to_weights(self)
         _mul_(*self._pairs((n, p.data) for n, p in self.params.items()))
 
     @torch.no_grad()
     def apply_to_grads(self) -> None:
+        if self.placement is not None:
+            return self.placement.apply_to_grads(self)
         _mul_(*self._pairs((n, p.grad) for n, p in self.params.items()))
 
     @torch.no_grad()
     def apply_to_optimizer(self, optimizer) -> None:
         """Zero every per-weight optimizer buffer (Adam moments, momentum) at pruned positions."""
+        if self.placement is not None:
+            return self.placement.apply_to_optimizer(self, optimizer)
         if optimizer is None or self.is_dense:
             return
         state = unwrap_optimizer(optimizer).state
@@ -130,6 +145,8 @@ class MaskSet:
     @torch.no_grad()
     def weight_zeros(self) -> dict[str, int]:
         """Zeros counted in the weights themselves: the honest measure of achieved sparsity."""
+        if self.placement is not None:
+            return self.placement.weight_zeros(self)
         return {n: int((p == 0).sum()) for n, p in self.params.items()}
 
     def achieved_sparsity(self) -> float:

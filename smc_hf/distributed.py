@@ -1,0 +1,503 @@
+"""Masks that stay exact on every backend Accelerate drives: which tensors really hold a weight, and
+agreement of masks across ranks.
+
+Masks are kept at each parameter's full (logical) shape and are identical on every rank. A *placement*
+maps them onto what this rank holds, so masking a sharded model multiplies shards, never stale copies:
+
+- replicated (one process, DDP, multi-CPU): the parameters themselves; no placement object is needed.
+- DTensor parameters (FSDP2 `fully_shard`, tensor parallel): each mask is cut with the parameter's own
+  device mesh and placements; optimizer moments are DTensors with the same layout.
+- FSDP1 with `use_orig_params=True`: parameters are views into this rank's flat shard, whose offsets
+  FSDP does not publish; the local part of each mask is read back through FSDP's own writeback.
+- DeepSpeed ZeRO-1/2/3: `Trainer.optimizer.step()` is a no-op, the engine steps inside `backward`, and
+  fp32 master weights overwrite the model's half-precision copy. Masks therefore enter as gradient hooks
+  (pruned positions receive a zero gradient before DeepSpeed reduces it, so masters and Adam moments,
+  zeroed through `deepspeed.utils.safe_set_*` when the mask is set, never move) and the half-precision
+  weights are re-masked after each step as a safety net. ZeRO-3 uses the local (per-partition) helpers.
+
+Mask changes (scoring and allocation) run inside `mask_update`, where every selected weight is whole and
+the masks apply to whole tensors; on leaving it the local masks are rebuilt and, with several processes,
+the masks of all ranks are compared by digest and, if they differ, replaced by rank 0's
+(`accelerate.utils.gather_object` / `broadcast`; never raw `torch.distributed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+from .masks import MaskSet, _mul_, unwrap_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+# -- processes ---------------------------------------------------------------------------------------------
+def _state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def num_processes() -> int:
+    return _state().num_processes
+
+
+def process_index() -> int:
+    return _state().process_index
+
+
+def masks_digests(masks: MaskSet) -> list[str]:
+    """The digest of every rank's masks, in rank order (a collective: every rank must call it)."""
+    from accelerate.utils import gather_object
+
+    return list(gather_object([masks.digest()]))
+
+
+def check_masks_agree(masks: MaskSet) -> None:
+    """Raise naming the ranks whose masks differ from rank 0's (a collective)."""
+    digests = masks_digests(masks)
+    differ = [rank for rank, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise RuntimeError(f"sparsity masks differ between ranks: ranks {differ} disagree with rank 0")
+
+
+def broadcast_masks(masks: MaskSet, from_process: int = 0) -> None:
+    """Give every rank the masks of `from_process` (a collective), in one packed uint8 broadcast."""
+    from accelerate.utils import broadcast, broadcast_object_list
+
+    names = broadcast_object_list([sorted(masks.masks)], from_process=from_process)[0]
+    unknown = [n for n in names if n not in masks.params]
+    if unknown:
+        raise ValueError(f"rank {from_process} has masks for parameters this rank does not select: {unknown[:5]}")
+    shapes = [masks.shapes[n] for n in names]
+    device = _state().device
+    if names and process_index() == from_process:
+        packed = torch.cat([masks.masks[n].reshape(-1).to(device=device, dtype=torch.uint8) for n in names])
+    else:
+        packed = torch.zeros(sum(math.prod(s) for s in shapes), dtype=torch.uint8, device=device)
+    if names:
+        packed = broadcast(packed, from_process=from_process)
+    received = dict(zip(names, (c.view(s).bool() for c, s in zip(packed.split([math.prod(s) for s in shapes]), shapes))))
+    masks.clear()
+    masks.update(received)
+
+
+def reduce_scores(scores: dict[str, torch.Tensor], reduction: str = "mean") -> dict[str, torch.Tensor]:
+    """Scores averaged (or summed) over ranks, for criteria whose statistics each rank gathered on its own
+    batches outside DDP's backward; equal inputs on every rank make equal masks."""
+    from accelerate.utils import reduce
+
+    if num_processes() == 1:
+        return scores
+    return reduce(scores, reduction=reduction)
+
+
+# -- placements --------------------------------------------------------------------------------------------
+class Placement:
+    """Maps full-shape masks onto the tensors one rank holds. Subclasses override what differs."""
+
+    name = "replicated"
+    #: Whether dense gradients are in `.grad` in `on_pre_optimizer_step` (not under DeepSpeed).
+    grads_before_step = True
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def attach(self, masks: MaskSet) -> None:
+        masks.placement = self
+
+    @contextlib.contextmanager
+    def full_view(self, masks: MaskSet, grads: bool = False) -> Iterator[None]:
+        """Every selected weight whole (and its gradient, with `grads`) while inside."""
+        yield
+
+    def apply_to_weights(self, masks: MaskSet) -> None:
+        raise NotImplementedError
+
+    def apply_to_grads(self, masks: MaskSet) -> None:
+        raise NotImplementedError
+
+    def apply_to_optimizer(self, masks: MaskSet, optimizer) -> None:
+        raise NotImplementedError
+
+    def weight_zeros(self, masks: MaskSet) -> dict[str, int]:
+        """Zeros per selected weight without a collective (reports run on one rank): pruned positions are
+        checked to be exactly zero in this rank's shard and counted from the mask."""
+        bad = [n for n, (weight, keep) in self._local_weight_pairs(masks) if bool(weight[~keep].any())]
+        if bad:
+            raise RuntimeError(f"pruned weights are not zero in this rank's shard of {bad[:5]}")
+        return {n: int((~m).sum()) if (m := masks.masks.get(n)) is not None else 0 for n in masks.names}
+
+    def _local_weight_pairs(self, masks: MaskSet):
+        return []
+
+
+class _LocalMasks(Placement):
+    """A placement whose local masks are cut from the full ones and cached until the masks change."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self._local: dict[str, torch.Tensor] = {}
+        self._version = None
+
+    def local_masks(self, masks: MaskSet) -> dict[str, torch.Tensor]:
+        if self._version != masks.version:
+            self._local = self._cut(masks)
+            self._version = masks.version
+        return self._local
+
+    def _cut(self, masks: MaskSet) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _local_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def _local_weight_pairs(self, masks: MaskSet):
+        local = self.local_masks(masks)
+        return [(n, (self._local_tensor(masks.params[n].data), m)) for n, m in local.items()]
+
+    @torch.no_grad()
+    def apply_to_weights(self, masks: MaskSet) -> None:
+        pairs = [pair for _, pair in self._local_weight_pairs(masks)]
+        _mul_([t for t, _ in pairs], [m for _, m in pairs])
+
+    @torch.no_grad()
+    def apply_to_grads(self, masks: MaskSet) -> None:
+        tensors, local_masks = [], []
+        for name, mask in self.local_masks(masks).items():
+            grad = masks.params[name].grad
+            if grad is not None:
+                tensors.append(self._local_tensor(grad))
+                local_masks.append(mask)
+        _mul_(tensors, local_masks)
+
+    @torch.no_grad()
+    def apply_to_optimizer(self, masks: MaskSet, optimizer) -> None:
+        if optimizer is None or masks.is_dense:
+            return
+        state = unwrap_optimizer(optimizer).state
+        tensors, local_masks = [], []
+        for name, mask in self.local_masks(masks).items():
+            for value in (state.get(masks.params[name]) or {}).values():
+                if torch.is_tensor(value):
+                    value = self._local_tensor(value)
+                    if value.shape == mask.shape:
+                        tensors.append(value)
+                        local_masks.append(mask)
+        _mul_(tensors, local_masks)
+
+
+class DTensorPlacement(_LocalMasks):
+    """FSDP2 (and tensor-parallel) DTensor parameters: local masks cut by each parameter's mesh and placements.
+
+    In the full view the selected parameters are replaced, inside the `MaskSet` only, by plain full-size copies
+    (one all-gather each), so criteria and allocation see ordinary tensors; what the method wrote into them
+    is copied back into the local shards on leaving.
+    """
+
+    name = "dtensor"
+
+    def _cut(self, masks: MaskSet) -> dict[str, torch.Tensor]:
+        from torch.distributed.tensor import distribute_tensor
+
+        local = {}
+        for name, mask in masks.masks.items():
+            param = masks.params[name]
+            cut = distribute_tensor(mask.to(torch.uint8), param.device_mesh, param.placements, src_data_rank=None)
+            local[name] = cut.to_local().bool()
+        return local
+
+    def _local_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+    @contextlib.contextmanager
+    def full_view(self, masks: MaskSet, grads: bool = False) -> Iterator[None]:
+        from torch.distributed.tensor import distribute_tensor
+
+        real = dict(masks.params)
+        full = {}
+        for name, param in real.items():
+            copy = nn.Parameter(param.detach().full_tensor(), requires_grad=param.requires_grad)
+            if grads and param.grad is not None:
+                copy.grad = param.grad.full_tensor()
+            full[name] = copy
+        masks.params, masks.placement = full, None
+        try:
+            yield
+        finally:
+            masks.params, masks.placement = real, self
+        with torch.no_grad():
+            for name, param in real.items():
+                shard = distribute_tensor(full[name].detach(), param.device_mesh, param.placements, src_data_rank=None)
+                param.to_local().copy_(shard.to_local())
+
+
+class FSDP1Placement(_LocalMasks):
+    """FSDP1 with `use_orig_params=True`: parameters are views of this rank's part of a flat shard.
+
+    The full view is `summon_full_params(writeback=True)`, where the same parameter objects hold whole
+    tensors under their clean names. Local masks are read back through the same writeback: the masks are
+    written into the whole weights, the shard views then hold this rank's part of them, and the shard's own
+    values are restored from a copy (one extra gather per mask change, none per step).
+    """
+
+    name = "fsdp1"
+
+    def _fsdp(self):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel
+
+    @contextlib.contextmanager
+    def full_view(self, masks: Optional[MaskSet], grads: bool = False) -> Iterator[None]:
+        with self._fsdp().summon_full_params(self.model, writeback=True, with_grads=grads):
+            if masks is None:
+                yield
+                return
+            masks.placement = None
+            try:
+                yield
+            finally:
+                masks.placement = self
+
+    @torch.no_grad()
+    def _cut(self, masks: MaskSet) -> dict[str, torch.Tensor]:
+        names = list(masks.masks)
+        saved = {n: masks.params[n].detach().clone() for n in names}
+        with self._fsdp().summon_full_params(self.model, writeback=True):
+            for name in names:
+                masks.params[name].data.copy_(masks.masks[name])
+        local = {n: masks.params[n].detach() != 0 for n in names}
+        for name in names:
+            masks.params[name].data.copy_(saved[name])
+        return local
+
+
+class DeepSpeedPlacement(_LocalMasks):
+    """DeepSpeed ZeRO-1/2 (`stage3=False`) or ZeRO-3: see the module docstring.
+
+    ZeRO-1/2 keep whole half-precision weights on every rank; their fp32 masters are written, when a mask
+    is set, through `safe_get/set_full_fp32_param` (one all-reduce per weight, only then). ZeRO-3 partitions
+    every weight into equal slices of its flattened form (zero-padded at the end); a rank's slice of a mask
+    is cut the same way and applied through `safe_get/set_local_fp32_param` and the local optimizer-state
+    helpers, with no communication.
+    """
+
+    name = "deepspeed"
+    grads_before_step = False
+
+    def __init__(self, model: nn.Module, stage3: bool):
+        super().__init__(model)
+        self.stage3 = stage3
+        self.name = "deepspeed-zero3" if stage3 else "deepspeed-zero1/2"
+        self._hooks: list = []
+        self._synced = None
+
+    def attach(self, masks: MaskSet) -> None:
+        super().attach(masks)
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = [
+            param.register_hook(self._grad_hook(masks, name)) for name, param in masks.params.items() if param.requires_grad
+        ]
+
+    def _grad_hook(self, masks: MaskSet, name: str):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            mask = masks.masks.get(name)  # looked up at call time: a changed mask is never stale
+            if mask is None:
+                return grad
+            if grad.shape == mask.shape:
+                return grad * mask
+            return grad * self.local_masks(masks)[name].view(grad.shape)
+
+        return hook
+
+    def _partition(self, param) -> tuple[int, int]:
+        from deepspeed import comm
+
+        group = getattr(param, "ds_process_group", None)
+        return comm.get_rank(group=group), comm.get_world_size(group=group)
+
+    def _cut(self, masks: MaskSet) -> dict[str, torch.Tensor]:
+        if not self.stage3:
+            return dict(masks.masks)
+        local = {}
+        for name, mask in masks.masks.items():
+            param = masks.params[name]
+            size = param.ds_tensor.numel()
+            rank, world = self._partition(param)
+            flat = torch.zeros(size * world, dtype=torch.bool, device=mask.device)
+            flat[: mask.numel()] = mask.reshape(-1)
+            local[name] = flat[rank * size : (rank + 1) * size]
+        return local
+
+    def _local_weight_pairs(self, masks: MaskSet):
+        local = self.local_masks(masks)
+        if self.stage3:
+            return [(n, (masks.params[n].ds_tensor.data.view(-1), m)) for n, m in local.items()]
+        return [(n, (masks.params[n].data, m)) for n, m in local.items()]
+
+    @contextlib.contextmanager
+    def full_view(self, masks: MaskSet, grads: bool = False) -> Iterator[None]:
+        if not self.stage3:
+            masks.placement = None
+            try:
+                yield
+            finally:
+                masks.placement = self
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(masks.params.values()), modifier_rank=0):
+            masks.placement = None
+            try:
+                yield
+            finally:
+                masks.placement = self
+
+    def apply_to_grads(self, masks: MaskSet) -> None:
+        """Gradients were masked by the hooks before DeepSpeed reduced them; nothing is left in `.grad`."""
+
+    @torch.no_grad()
+    def apply_to_optimizer(self, masks: MaskSet, optimizer) -> None:
+        """Zero fp32 masters and optimizer moments at pruned positions, once per mask change (between changes
+        the gradient hooks keep them zero)."""
+        if masks.is_dense or self._synced == masks.version:
+            return
+        from deepspeed import utils as ds
+
+        keys = optimizer_state_keys(optimizer) if optimizer is not None else []
+        for name, mask in self.local_masks(masks).items():
+            param = masks.params[name]
+            if self.stage3:
+                master = ds.safe_get_local_fp32_param(param)
+                if master is not None:
+                    ds.safe_set_local_fp32_param(param, master * mask.view(master.shape))
+                for key in keys:
+                    value = ds.safe_get_local_optimizer_state(param, key)
+                    ds.safe_set_local_optimizer_state(param, value * mask.view(value.shape), key)
+            else:
+                master = ds.safe_get_full_fp32_param(param)
+                if master is not None:
+                    ds.safe_set_full_fp32_param(param, master * mask)
+                for key in keys:
+                    value = ds.safe_get_full_optimizer_state(param, key)
+                    if value is not None:
+                        ds.safe_set_full_optimizer_state(param, value * mask, key)
+        self._synced = masks.version
+
+
+def optimizer_state_keys(optimizer) -> list[str]:
+    """Per-weight buffers of the optimizer (Adam's `exp_avg`, `exp_avg_sq`, SGD's `momentum_buffer`)."""
+    keys: set[str] = set()
+    for state in unwrap_optimizer(optimizer).state.values():
+        keys.update(k for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0)
+    return sorted(keys)
+
+
+def placement_for(model: nn.Module) -> Optional[Placement]:
+    """The placement of `model`'s weights, or None when every rank holds them whole (one process, DDP)."""
+    params = list(model.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        return DeepSpeedPlacement(model, stage3=True)
+    if any(hasattr(p, "_hp_mapping") for p in params):
+        return DeepSpeedPlacement(model, stage3=False)
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return None
+    if any(isinstance(p, DTensor) for p in params):
+        return DTensorPlacement(model)
+    from torch.distributed.fsdp import FlatParameter, FullyShardedDataParallel
+
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        if any(isinstance(p, FlatParameter) for p in params):
+            raise ValueError(
+                "FSDP1 without use_orig_params: masks need the original parameters; set "
+                "fsdp_use_orig_params: true in the accelerate config (or fsdp_version: 2)"
+            )
+        return FSDP1Placement(model)
+    return None
+
+
+# -- the callback's entry points ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def bind_view(placement: Optional[Placement]) -> Iterator[None]:
+    """Whole weights under their clean names while masks are bound to a model (FSDP1 hides both otherwise)."""
+    if isinstance(placement, FSDP1Placement):
+        with placement.full_view(None):
+            yield
+    else:
+        yield
+
+
+@contextlib.contextmanager
+def mask_update(masks: MaskSet, grads: bool = False, full: bool = True) -> Iterator[None]:
+    """Run code that may change `masks`: inside, weights are whole (with `full`, else as they are); after,
+    if the masks changed, every rank holds rank 0's masks. The caller then applies them (`masks.apply`)."""
+    placement = masks.placement
+    before = masks.version
+    if placement is not None and full:
+        with placement.full_view(masks, grads=grads):
+            yield
+    else:
+        yield
+    if masks.version != before and num_processes() > 1:
+        agree_masks(masks)
+
+
+def agree_masks(masks: MaskSet) -> None:
+    """Make every rank's masks rank 0's; a disagreement means a criterion saw rank-local data, so it is
+    logged, and weights that a rank had pruned differently are taken from rank 0 as well."""
+    digests = masks_digests(masks)
+    differ = [rank for rank, d in enumerate(digests) if d != digests[0]]
+    if not differ:
+        return
+    logger.warning(
+        "sparsity masks differ between ranks (ranks %s disagree with rank 0): taking rank 0's; a criterion used "
+        "rank-local data without reducing it (see smc_hf.distributed.reduce_scores)", differ,
+    )
+    broadcast_masks(masks, from_process=0)
+    if masks.placement is None:
+        from accelerate.utils import broadcast
+
+        with torch.no_grad():
+            for name in masks.masks:
+                param = masks.params[name]
+                param.data.copy_(broadcast(param.data.contiguous(), from_process=0))
+    masks.apply_to_weights()
+
+
+def unscale_gradients(optimizer, args) -> None:
+    """Under fp16 with a GradScaler, divide the gradients by the loss scale before a method reads them.
+
+    The Trainer unscales only when it clips (`max_grad_norm > 0`); the scaler remembers the unscaling, so
+    the optimizer step that follows does not repeat it and still skips on overflow.
+    """
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is None or not scaler.is_enabled() or (getattr(args, "max_grad_norm", 0) or 0) > 0:
+        return
+    scaler.unscale_(optimizer.optimizer)
+
+
+__all__ = [
+    "DTensorPlacement",
+    "DeepSpeedPlacement",
+    "FSDP1Placement",
+    "Placement",
+    "agree_masks",
+    "bind_view",
+    "broadcast_masks",
+    "check_masks_agree",
+    "mask_update",
+    "masks_digests",
+    "num_processes",
+    "placement_for",
+    "reduce_scores",
+    "unscale_gradients",
+]

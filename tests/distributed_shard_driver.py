@@ -1,0 +1,154 @@
+"""Sharded-weight checks on the CPU over gloo, launched by `torch.distributed.run --nproc_per_node 2`.
+
+Usage: distributed_shard_driver.py MODE OUT_DIR, MODE one of
+- fsdp1 / fsdp2: a tiny RoBERTa wrapped by FSDP1 (use_orig_params) or FSDP2 (`fully_shard`) trains a few
+  AdamW steps with GMP, driven through `SparsityCallback`'s Trainer events (Accelerate's FSDP plugin needs
+  GPUs, the placements do not). Every rank feeds the same batch, so the sharded run must reach the masks of
+  an unsharded reference run trained alongside.
+- agree: masks that differ on one rank are detected, and repaired from rank 0 (masks and weights).
+Each rank writes OUT_DIR/<mode>-rank-<i>.json with what it observed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from accelerate import PartialState  # noqa: E402
+from transformers import TrainerControl, TrainerState, TrainingArguments  # noqa: E402
+
+from smc_hf import MaskSet, SparsityCallback, SparsityConfig  # noqa: E402
+from smc_hf import distributed  # noqa: E402
+from tests.helpers import ToyClassification, tiny_roberta  # noqa: E402
+
+STEPS = 6
+
+
+def batch():
+    data = ToyClassification(n=8)
+    return {k: torch.stack([data[i][k] for i in range(8)]) for k in ("input_ids", "attention_mask", "labels")}
+
+
+def train(model, out_dir, steps=STEPS):
+    """The Trainer's event order, without the Trainer: begin, then per step pre-step, step, post-step."""
+    args = TrainingArguments(output_dir=out_dir, use_cpu=True, report_to=[], max_grad_norm=0.0)
+    state, control = TrainerState(max_steps=steps), TrainerControl()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    callback = SparsityCallback(SparsityConfig(method="gmp", sparsity=0.5, update_every=1))
+    callback.on_train_begin(args, state, control, model=model, optimizer=optimizer)
+    inputs = batch()
+    for _ in range(steps):
+        model(**inputs).loss.backward()
+        callback.on_pre_optimizer_step(args, state, control, model=model, optimizer=optimizer)
+        optimizer.step()
+        callback.on_optimizer_step(args, state, control, model=model, optimizer=optimizer)
+        optimizer.zero_grad()
+        state.global_step += 1
+    return callback, optimizer
+
+
+def local(tensor):
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def sharded(mode, out_dir):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+
+    reference = tiny_roberta()
+    model = copy.deepcopy(reference)
+    if mode == "fsdp2":
+        mesh = init_device_mesh("cpu", (PartialState().num_processes,))
+        for layer in model.roberta.encoder.layer:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    else:
+        model = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
+    callback, optimizer = train(model, out_dir)
+    masks, placement = callback.masks, callback.masks.placement
+    local_masks = placement.local_masks(masks)
+    with torch.no_grad():
+        pruned_nonzero_local = sum(int(local(masks.params[n].data)[~m].ne(0).sum()) for n, m in local_masks.items())
+        moments_nonzero_local = sum(
+            int(local(v)[~m].ne(0).sum())
+            for n, m in local_masks.items()
+            for v in (optimizer.state.get(masks.params[n]) or {}).values()
+            if torch.is_tensor(v) and local(v).shape == m.shape
+        )
+    if mode == "fsdp2":
+        full = {n: p.detach().full_tensor() for n, p in model.named_parameters()}
+    else:
+        with FullyShardedDataParallel.summon_full_params(model):
+            full = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pruned_nonzero_full = sum(int(full[n][~m].ne(0).sum()) for n, m in masks.masks.items())
+    record = {
+        "placement": placement.name,
+        "names": masks.names,
+        "digest": masks.digest(),
+        "pruned": sum(int((~m).sum()) for m in masks.masks.values()),
+        "numel": masks.numel(),
+        "local_mask_numel": sum(m.numel() for m in local_masks.values()),
+        "pruned_nonzero_local": pruned_nonzero_local,
+        "moments_nonzero_local": moments_nonzero_local,
+        "pruned_nonzero_full": pruned_nonzero_full,
+        "weight_zeros": sum(masks.weight_zeros().values()),
+        "steps": callback.step,
+    }
+    # Every rank trains the reference too: mask changes end in a collective agreement check.
+    ref_callback, _ = train(reference, out_dir)
+    record["reference_digest"] = ref_callback.masks.digest()
+    record["max_weight_difference"] = max(
+        float((full[n] - p.detach()).abs().max()) for n, p in reference.named_parameters()
+    )
+    return record
+
+
+def agree(out_dir):
+    state = PartialState()
+    model = tiny_roberta()
+    masks = MaskSet.for_model(model)
+    masks.update({n: p.detach().abs() > 0.02 for n, p in masks.params.items()})
+    masks.apply_to_weights()
+    before = distributed.masks_digests(masks)
+    if state.process_index == 1:
+        first = masks.names[0]
+        masks.set(first, ~masks.masks[first])
+        with torch.no_grad():
+            masks.params[first].add_(1.0)
+    try:
+        distributed.check_masks_agree(masks)
+        raised = None
+    except RuntimeError as err:
+        raised = str(err)
+    distributed.agree_masks(masks)
+    after = distributed.masks_digests(masks)
+    weights = torch.cat([p.detach().reshape(-1) for p in masks.params.values()])
+    return {
+        "equal_before": len(set(before)) == 1,
+        "raised": raised,
+        "equal_after": len(set(after)) == 1,
+        "digest": masks.digest(),
+        "weights_sum": float(weights.double().sum()),
+    }
+
+
+def main():
+    mode, out_dir = sys.argv[1], sys.argv[2]
+    state = PartialState(cpu=True)
+    torch.manual_seed(0)
+    record = agree(out_dir) if mode == "agree" else sharded(mode, out_dir)
+    record["process_index"], record["num_processes"] = state.process_index, state.num_processes
+    with open(os.path.join(out_dir, f"{mode}-rank-{state.process_index}.json"), "w") as handle:
+        json.dump(record, handle)
+    state.wait_for_everyone()
+    state.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
