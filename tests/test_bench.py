@@ -60,7 +60,8 @@ FAKE_ENTRY = textwrap.dedent("""
     drop = {"dense": 0.0, "omp_before": 30.0, "random_before": 60.0}.get(a.sparsity_method, 45.0)
     metric = 80.0 - drop * a.sparsity ** 2 + 0.25 * a.seed
     with open(os.path.join(a.output_dir, "all_results.json"), "w") as f:
-        json.dump({"task": a.task, "metric_name": "accuracy", "metric": metric, "metrics": {"eval_accuracy": metric},
+        json.dump({"task": a.task, "metric_name": "accuracy", "metric": metric,
+                   "metrics": {"eval_accuracy": metric, "eval_high_accuracy": metric - 1.0},
                    "sparsity": {"target": a.sparsity, "achieved": a.sparsity, "selected_numel": 64,
                                 "zeros": round(64 * a.sparsity), "modules": {}},
                    "sparsity_config": {"method": a.sparsity_method, "sparsity": a.sparsity,
@@ -345,3 +346,20 @@ def test_killed_cell_resumes_from_its_checkpoint_and_run_dirs_can_be_deleted(fak
         folder = out / cell.relpath
         assert not (folder / "run").exists() and (folder / "run.log").exists()
         assert read_result(str(folder / "result.json"), str(out)).method == cell.method.spec
+
+
+def test_report_by_another_metric(fake, tmp_path):
+    entry, _ = fake
+    out = tmp_path / "results"
+    cells = build_grid(["toy"], parse_methods("omp_before"), [0.5], [1, 2])
+    assert run_sweep(cells, str(out), Launcher(entry, "tiny"), log=lambda m: None).ok
+    primary = {(g["method"], g["sparsity"]): g["mean"]
+               for g in json.loads(open(write_report(str(out)).json).read())["groups"]}
+    report = write_report(str(out), metric="eval_high_accuracy")
+    assert report.markdown.endswith(os.path.join("report-eval_high_accuracy", "summary.md"))
+    data = json.loads(open(report.json).read())
+    assert {(g["method"], g["sparsity"]): g["mean"] for g in data["groups"]} == {k: v - 1.0 for k, v in primary.items()}
+    assert {g["metric_name"] for g in data["groups"]} == {"high_accuracy"}
+    missing = write_report(str(out), metric="eval_bleu")
+    assert missing.cells == 0 and missing.figures == [] and len(missing.problems) == 4
+    assert "metrics.eval_bleu is not a finite number" in missing.problems[0]

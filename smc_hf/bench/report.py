@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .plots import plot_all
-from .results import scan_results, write_json_atomic
+from .results import CellResult, ResultError, scan_results, write_json_atomic
 from .tables import aggregate, markdown, within_dense, write_csv
 
 REPORT_DIR = "report"
@@ -25,19 +25,24 @@ class BenchReport:
     within_dense: dict[tuple[str, str], Optional[float]] = field(default_factory=dict)
 
 
-def write_report(results_dir: str, out_dir: Optional[str] = None, tolerance: float = 1.0) -> BenchReport:
+def write_report(results_dir: str, out_dir: Optional[str] = None, tolerance: float = 1.0,
+                 metric: Optional[str] = None) -> BenchReport:
     """Write summary.csv, summary.md, summary.json and one PNG per task into `out_dir` (default results/report).
 
+    `metric` reports another key of each run's metrics than the primary one (RACE: eval_high_accuracy).
     Files that cannot be counted are listed in the Markdown and in `problems`, never averaged in.
     """
-    out_dir = out_dir or os.path.join(results_dir, REPORT_DIR)
+    out_dir = out_dir or os.path.join(results_dir, REPORT_DIR if metric is None else f"{REPORT_DIR}-{metric}")
     results, problems = scan_results(results_dir)
+    if metric is not None:
+        results, problems = _rescore(results, metric, problems)
     groups = aggregate(results)
     os.makedirs(out_dir, exist_ok=True)
     report = BenchReport(os.path.join(out_dir, "summary.csv"), os.path.join(out_dir, "summary.md"),
                          os.path.join(out_dir, "summary.json"), problems=problems, cells=len(results))
     write_csv(groups, report.csv)
-    heading = f"# SMC-Bench results: {len(results)} cells from `{results_dir}`\n\n"
+    heading = f"# SMC-Bench results: {len(results)} cells from `{results_dir}`"
+    heading += f", scored by `{metric}`\n\n" if metric else "\n\n"
     with open(report.markdown, "w", encoding="utf-8") as handle:
         handle.write(heading + markdown(groups, tolerance, problems))
     within = report.within_dense = within_dense(groups, tolerance)
@@ -52,4 +57,14 @@ def write_report(results_dir: str, out_dir: Optional[str] = None, tolerance: flo
     })
     report.figures = plot_all(groups, out_dir)
     return report
+
+
+def _rescore(results: list[CellResult], metric: str, problems: list[str]) -> tuple[list[CellResult], list[str]]:
+    kept, problems = [], list(problems)
+    for result in results:
+        try:
+            kept.append(result.with_metric(metric))
+        except ResultError as err:
+            problems.append(str(err))
+    return kept, problems
 

@@ -12,7 +12,7 @@ import math
 import os
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any, Optional
 
@@ -43,6 +43,14 @@ class CellResult:
     achieved_sparsity: float
     wall_time_s: float
     path: str
+    #: Every evaluation metric of the run (e.g. RACE's eval_middle_accuracy and eval_high_accuracy).
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def with_metric(self, key: str) -> "CellResult":
+        """This result scored by `metrics[key]` instead of the task's primary metric."""
+        value = _finite(self.metrics.get(key), self.path, f"metrics.{key}")
+        name = key[len("eval_"):] if key.startswith("eval_") else key
+        return replace(self, metric=value, metric_name=name)
 
 
 def environment_versions() -> dict[str, str]:
@@ -126,8 +134,9 @@ def read_result(path: str, root: Optional[str] = None) -> CellResult:
             raise ResultError(f"{path}: holds cell {cell} whose folder is {cell.relpath}, not {where}")
     metric = _finite(data["metric"], path, "metric")
     achieved = _finite(data["sparsity"].get("achieved"), path, "sparsity.achieved")
+    metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
     return CellResult(cell.task, spec.spec, cell.sparsity, cell.seed, data["model"], data["metric_name"], metric,
-                      achieved, float(data["wall_time_s"]), path)
+                      achieved, float(data["wall_time_s"]), path, metrics)
 
 
 def scan_results(root: str) -> tuple[list[CellResult], list[str]]:

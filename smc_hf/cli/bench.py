@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="where to write (default: RESULTS_DIR/report)")
     report.add_argument("--tolerance", type=float, default=1.0,
                         help="metric points from dense that still count as matching it (default: 1)")
+    report.add_argument("--metric", help="report this key of the runs' metrics instead of the primary metric "
+                        "(e.g. eval_high_accuracy for RACE-High); default folder RESULTS_DIR/report-KEY")
     return parser
 
 
@@ -118,7 +120,7 @@ def _report(opts: argparse.Namespace) -> int:
     from smc_hf.bench import write_report
     from smc_hf.bench.grid import format_sparsity
 
-    report = write_report(opts.results_dir, opts.out, opts.tolerance)
+    report = write_report(opts.results_dir, opts.out, opts.tolerance, opts.metric)
     for problem in report.problems:
         print(f"not counted: {problem}", file=sys.stderr)
     print(f"{report.cells} cells -> {report.csv}, {report.markdown}, {len(report.figures)} figure(s)")
