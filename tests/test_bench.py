@@ -20,6 +20,7 @@ from smc_hf.bench import (
     ResultError,
     aggregate,
     build_grid,
+    markdown,
     parse_methods,
     parse_seeds,
     parse_sparsities,
@@ -329,6 +330,11 @@ def test_aggregation_and_within_dense():
     within = within_dense(groups, tolerance=1.0)
     assert within == {("t", "omp_after"): 0.36, ("t", "random_before"): None}
     assert within_dense(groups, tolerance=2.0)[("t", "omp_after")] == 0.59
+    md = markdown(groups)
+    assert "| Dense | 81.00 ± 1.00 |  |  |  |  |  |" in md
+    assert "| OMP (After) |  | 80.17 ± 0.76 | 80.00 ± 0.00 | 79.17 ± 0.29 | 81.00 ± 0.00 | 0.36 |" in md
+    assert "| Random (Before) |  | 60.00 (n=1) | 90.00 (n=1) |  |  | none |" in md
+    assert md.endswith("| OMP (After) | 0.36 |\n| Random (Before) | none |\n")
     with pytest.raises(ValueError, match="mixes metrics"):
         aggregate([_result("dense", 0.0, 1, 1.0), _result("gmp", 0.5, 1, 1.0, metric_name="bleu")])
 

@@ -10,7 +10,7 @@ from .launch import Launcher, default_entry
 from .report import BenchReport, write_report
 from .results import RESULT_FILE, CellResult, ResultError, read_result, scan_results
 from .sweep import SweepSummary, pending_cells, run_sweep
-from .tables import GroupStats, aggregate, within_dense
+from .tables import GroupStats, aggregate, markdown, within_dense
 
 __all__ = [
     "PAPER_SPARSITIES",
@@ -26,6 +26,7 @@ __all__ = [
     "aggregate",
     "build_grid",
     "default_entry",
+    "markdown",
     "parse_methods",
     "parse_seeds",
     "parse_sparsities",

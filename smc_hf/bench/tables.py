@@ -119,6 +119,26 @@ def write_csv(groups: Iterable[GroupStats], path: str) -> None:
             ])
 
 
+def within_markdown(groups: list[GroupStats], within: dict[tuple[str, str], Optional[float]],
+                    tolerance: float) -> list[str]:
+    """Methods (rows) x tasks (columns): the largest sparsity each method keeps within `tolerance` of dense."""
+    tasks = [t for t in tasks_of(groups) if any(key[0] == t for key in within)]
+    methods = sorted({m for _, m in within}, key=legend_rank)
+    lines = [f"## Largest sparsity within {tolerance:g} point(s) of dense", "",
+             "Every tested sparsity up to it is within the tolerance; `none`: not even the lowest.", "",
+             "| method | " + " | ".join(dataset_title(t) for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for method in methods:
+        cells = []
+        for task in tasks:
+            if (task, method) not in within:
+                cells.append("")
+            else:
+                best = within[(task, method)]
+                cells.append("none" if best is None else format_sparsity(best))
+        lines.append(f"| {MethodSpec.parse(method).legend} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown(groups: list[GroupStats], tolerance: float = 1.0, problems: Iterable[str] = ()) -> str:
     """One table per task: methods (rows) x sparsity (columns), the dense row, and the within-dense column."""
     within = within_dense(groups, tolerance)
@@ -154,6 +174,8 @@ def markdown(groups: list[GroupStats], tolerance: float = 1.0, problems: Iterabl
             lines += ["", "Achieved sparsity differs from the target: " + "; ".join(
                 f"{g.legend} at {format_sparsity(g.sparsity)}: {g.achieved_sparsity:.4f}" for g in off) + "."]
         lines.append("")
+    if within:
+        lines += within_markdown(groups, within, tolerance)
     problems = list(problems)
     if problems:
         lines += ["## Result files not counted", ""] + [f"- {p}" for p in problems] + [""]
