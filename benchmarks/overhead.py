@@ -153,6 +153,21 @@ def main(argv=None):
         },
         "torch_threads": torch.get_num_threads(),
     }
+    shape = f"{figures['model']}, batch {opts.batch}x{opts.length}, sparsity {opts.sparsity}"
+    figures["title"] = f"Mask upkeep per training step ({shape}, CPU, {torch.get_num_threads()} threads)"
+    figures["headline"] = [
+        {"name": "step time, SparseTrainer (fixed mask) / stock Trainer",
+         "value": round(medians["SparseTrainer (fixed mask)"] / base, 3), "unit": "x", "note": shape},
+        {"name": "step time, torch.nn.utils.prune hooks / stock Trainer",
+         "value": round(medians["torch.nn.utils.prune"] / base, 3), "unit": "x", "note": shape},
+        {"name": "mask upkeep (callback time) / stock step", "value": round(100 * upkeep / base, 2), "unit": "%"},
+        {"name": "mask memory per selected weight", "value": mask_bytes / masks.numel(), "unit": "B"},
+    ]
+    figures["tables"] = [{
+        "title": "median step time",
+        "columns": ["setup", "s/step", "ratio to stock"],
+        "rows": [[name, round(m, 4), round(m / base, 3)] for name, m in medians.items()],
+    }]
     print(f"\nselected weights: {masks.numel():,}; batch {opts.batch} x {opts.length} tokens; "
           f"sparsity {opts.sparsity}; {torch.get_num_threads()} threads")
     print(f"{'setup':<30}{'median s/step':>15}{'ratio':>10}")
