@@ -51,6 +51,7 @@ CHUNK = 1 << 24
 STATE_FILE = ".smc_prune_state.json"
 PIECES_DIR = ".masks"
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+_INF_KEY = 0x7F800000
 STREAMING_CRITERIA = {"omp_before": "magnitude", "omp_after": "magnitude",
                       "random_before": "random", "random_after": "random"}
 
@@ -76,6 +77,10 @@ class ExactThreshold:
 
     def count_high(self, keys: torch.Tensor) -> None:
         self.high += torch.bincount(keys >> 16, minlength=self.high.numel())
+
+    def nonfinite(self) -> bool:
+        """Whether keys of inf or NaN scores (>= the key of +inf) were counted."""
+        return bool(self.high[_INF_KEY >> 16:].any())
 
     def resolve_bin(self) -> None:
         cumulative = torch.cumsum(self.high, 0)
@@ -119,12 +124,20 @@ class ExactThreshold:
 
 
 def prune_chunk(keys: torch.Tensor, threshold: int, quota: int) -> tuple[torch.Tensor, int]:
-    """Keep-mask of a chunk: keys above the threshold, and ties beyond the first `quota` ones."""
+    """Keep-mask of a chunk: keys above the threshold, and ties beyond the first `quota` ones.
+
+    Returns the mask and the quota left for later chunks; the tie positions are only looked up in the
+    (at most one) chunk where the quota runs out.
+    """
+    if quota == 0:
+        return keys >= threshold, 0
+    ties = keys == threshold
+    count = int(torch.count_nonzero(ties))
+    if count <= quota:
+        return keys > threshold, quota - count
     keep = keys > threshold
-    ties = (keys == threshold).nonzero().squeeze(1)
-    n = min(quota, ties.numel())
-    keep[ties[n:]] = True
-    return keep, quota - n
+    keep[ties.nonzero().squeeze(1)[quota:]] = True
+    return keep, 0
 
 
 # -- what to prune --------------------------------------------------------------------------------------
@@ -195,15 +208,16 @@ def key_function(criterion: str, seed: int) -> Callable[[str, int, torch.Tensor]
     """(name, chunk index, chunk) -> order-preserving int32 keys of the chunk's scores, all >= 0."""
 
     def magnitude(name, index, chunk):
-        try:
-            return ordered_keys(chunk.abs())
-        except ValueError:
-            raise ValueError(f"weight {name} contains NaN; cannot rank it by magnitude") from None
+        # |w| >= 0, so its float32 bit pattern already orders like its value (no sign fix-up needed);
+        # inf and NaN land at keys >= _INF_KEY, which `ExactThreshold.nonfinite` reports
+        return chunk.abs().float().view(torch.int32)
 
     def random(name, index, chunk):
         gen = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(name.encode()) * 131 + index) % (2**63))
         return ordered_keys(torch.rand(chunk.numel(), generator=gen))
 
+    magnitude.zero_is_lowest = True  # a weight is zero exactly when its key is 0
+    random.zero_is_lowest = False
     return {"magnitude": magnitude, "random": random}[criterion]
 
 
@@ -259,6 +273,8 @@ def _global_thresholds(targets, config, keys_of, progress) -> dict[str, list[int
                                 finder.count_high(keys)
                             else:
                                 finder.count_low(t.name, keys)
+                        if pass_no == 1 and finder.nonfinite():
+                            raise ValueError(f"{path}: weight {t.name} contains inf or NaN; cannot rank it")
                         bar.update(t.info.nbytes)
                         del tensor
         if pass_no == 1:
@@ -274,6 +290,8 @@ def _local_threshold(tensor: torch.Tensor, name: str, k: int, keys_of) -> tuple[
     finder = ExactThreshold(k)
     for index, chunk in _chunks(tensor):
         finder.count_high(keys_of(name, index, chunk))
+    if finder.nonfinite():
+        raise ValueError(f"weight {name} contains inf or NaN; cannot rank it")
     finder.resolve_bin()
     for index, chunk in _chunks(tensor):
         finder.count_low(name, keys_of(name, index, chunk))
@@ -286,9 +304,13 @@ def _prune_tensor(tensor, name, threshold, quota, keys_of) -> tuple[torch.Tensor
     for index, chunk in _chunks(tensor):
         keep, quota = prune_chunk(keys_of(name, index, chunk), threshold, quota)
         chunk.masked_fill_(~keep, 0)
-        pruned += int((~keep).sum())
-        zeros += int((chunk == 0).sum())
+        pruned += chunk.numel() - int(torch.count_nonzero(keep))
         packed.append(pack_bits(keep))
+    # Above a positive threshold every zero (key 0) was pruned; otherwise kept zeros must be counted.
+    if keys_of.zero_is_lowest and threshold > 0:
+        zeros = pruned
+    else:
+        zeros = tensor.numel() - int(torch.count_nonzero(tensor))
     bits = torch.cat(packed) if packed else torch.empty(0, dtype=torch.uint8)
     return bits, [tensor.numel(), zeros, pruned]
 

@@ -59,6 +59,8 @@ def test_streaming_matches_prune_model_bit_for_bit(tmp_path, distribution, quant
         assert sum(int((~m).sum()) for m in got.values()) == round(0.6 * masks.numel())
     assert report.target == 0.6
     block = read_sparsity_block(tmp_path / "out")
+    for name, module in block["modules"].items():
+        assert module["zeros"] == int((pruned.state_dict()[name] == 0).sum()), name
     assert block["streaming"] is True and block["distribution"] == distribution
 
 
@@ -99,6 +101,9 @@ def test_random_streaming_is_exact_and_reproducible(tmp_path):
     for name, mask in a.items():
         assert torch.equal(mask, b[name])
         assert int((~mask).sum()) == round(0.3 * mask.numel())  # random defaults to uniform
+    weights = AutoModelForSequenceClassification.from_pretrained(tmp_path / "a").state_dict()
+    for name, module in read_sparsity_block(tmp_path / "a")["modules"].items():
+        assert module["zeros"] == int((weights[name] == 0).sum()) >= round(0.3 * weights[name].numel())
     other = SparsityConfig(method="random", sparsity=0.3, mask_seed=8)
     prune_checkpoint_streaming(source, str(tmp_path / "c"), other, progress=False)
     c = read_masks(str(tmp_path / "c" / MASKS_FILE))
@@ -185,3 +190,15 @@ def test_streaming_writer_checks_what_it_writes(tmp_path):
     with pytest.raises(ValueError, match="never written"):
         writer.close()
     assert not os.path.exists(path)
+
+
+def test_non_finite_weights_are_named(tmp_path):
+    model = tiny_roberta()
+    with torch.no_grad():
+        model.roberta.encoder.layer[1].output.dense.weight[3, 4] = float("nan")
+    source = _checkpoint(tmp_path / "src", model)
+    for distribution in ("global", "uniform"):
+        cfg = SparsityConfig(method="omp", sparsity=0.5, distribution=distribution)
+        with pytest.raises(ValueError, match=r"layer\.1\.output\.dense\.weight contains inf or NaN"):
+            prune_checkpoint_streaming(source, str(tmp_path / distribution), cfg, progress=False)
+        assert not (tmp_path / distribution).exists()

@@ -1,0 +1,215 @@
+"""Streaming pruning of a multi-GB checkpoint vs a plain read + write of the same shards.
+
+Generates a LLaMA-shaped fp32 checkpoint in shards (random weights, written one tensor at a time), then
+runs, each in a fresh subprocess so peak RSS is its own: the baseline (for every shard, `load_file` then
+`save_file`: the least any shard-by-shard rewrite can do) and `prune_checkpoint_streaming` (global OMP at
+50%: two counting passes over the selected weights, then the pruned write). Both read from a warm page
+cache. Prints time, throughput, peak RSS during the job (VmHWM reset after imports; it counts mmap'd
+shard pages) and the ratios of pruning to the baseline; checks the pruned count is exact. The generated folders are deleted afterwards.
+
+    python benchmarks/streaming_prune.py            # about 4 GB in 1 GB shards
+    python benchmarks/streaming_prune.py --quick    # about 250 MB in 64 MB shards
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SPARSITY = 0.5
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM), so the peak of the job excludes import spikes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    try:
+        return _status("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def generate(folder: str, quick: bool) -> dict:
+    """A LLaMA-shaped checkpoint written tensor by tensor (never more than one tensor in memory)."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from smc_hf.safetensors_io import DTYPE_NAMES, INDEX_FILE, SafetensorsWriter, TensorInfo
+
+    if quick:
+        config = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                             num_key_value_heads=8, vocab_size=32000)
+        shard_bytes = 64 << 20
+    else:
+        config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
+                             num_key_value_heads=16, vocab_size=32000)
+        shard_bytes = 1 << 30
+    config.architectures = ["LlamaForCausalLM"]
+    with init_empty_weights():
+        model = LlamaForCausalLM(config)
+    tensors = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
+    shards, current, size = [], [], 0
+    for name, shape in tensors:
+        nbytes = 4 * int(torch.Size(shape).numel())
+        if current and size + nbytes > shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append((name, shape))
+        size += nbytes
+    shards.append(current)
+    os.makedirs(folder, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        plan = [TensorInfo(n, DTYPE_NAMES[torch.float32], s) for n, s in shard]
+        with SafetensorsWriter(os.path.join(folder, file), plan, {"format": "pt"}) as writer:
+            for name, shape in shard:
+                value = torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=gen) * 0.02
+                writer.write(name, value)
+                weight_map[name] = file
+                total += value.numel() * 4
+        print(f"  wrote {file}", flush=True)
+    with open(os.path.join(folder, INDEX_FILE), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f)
+    config.save_pretrained(folder)
+    sizes = [os.path.getsize(os.path.join(folder, n)) for n in sorted(set(weight_map.values()))]
+    return {"bytes": sum(sizes), "shards": len(sizes), "largest_shard": max(sizes),
+            "weights": total // 4}
+
+
+def child(mode: str, source: str, target: str) -> None:
+    """One measured job; prints a JSON line with its wall time and peak RSS."""
+    from safetensors.torch import load_file, save_file
+
+    from smc_hf import SparsityConfig
+    from smc_hf.safetensors_io import checkpoint_files, open_safetensors
+    from smc_hf.streaming import prune_checkpoint_streaming
+
+    import gc
+
+    gc.collect()
+    _reset_peak()
+    floor = _status("VmRSS")
+    start = time.perf_counter()
+    if mode == "copy":
+        os.makedirs(target)
+        for path in checkpoint_files(source):
+            with open_safetensors(path) as f:
+                metadata = f.metadata()
+            save_file(load_file(path), os.path.join(target, os.path.basename(path)), metadata=metadata)
+        result = {}
+    else:
+        report = prune_checkpoint_streaming(source, target, SparsityConfig(method="omp", sparsity=SPARSITY),
+                                            progress=False)
+        result = {"pruned": report.zeros, "selected": report.numel}
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "peak_rss": _peak_rss(), "floor_rss": floor, **result}), flush=True)
+
+
+def run_child(mode: str, source: str, target: str) -> dict:
+    shutil.rmtree(target, ignore_errors=True)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", mode, source, target],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{proc.stdout}\n{proc.stderr}")
+    shutil.rmtree(target, ignore_errors=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="about 250 MB instead of about 4 GB")
+    parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each job (best time, worst RSS)")
+    parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the checkpoint is generated")
+    parser.add_argument("--child", nargs=3, metavar=("MODE", "SOURCE", "TARGET"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+    work = tempfile.mkdtemp(prefix="smc_streaming_bench_", dir=args.dir)
+    try:
+        source = os.path.join(work, "source")
+        print("generating the checkpoint ...", flush=True)
+        info = generate(source, args.quick)
+        gb = info["bytes"] / 1e9
+        print(f"checkpoint: {gb:.2f} GB in {info['shards']} shards (largest {info['largest_shard'] / 1e9:.2f} GB)")
+        for name in os.listdir(source):  # warm the page cache so both jobs read from memory
+            with open(os.path.join(source, name), "rb") as f:
+                while f.read(1 << 24):
+                    pass
+        runs = {"copy": [], "prune": []}
+        for repeat in range(args.repeats):
+            for mode in ("copy", "prune"):
+                result = run_child(mode, source, os.path.join(work, mode))
+                runs[mode].append(result)
+                print(f"  {mode} run {repeat + 1}: {result['seconds']:.1f} s, peak RSS "
+                      f"{result['peak_rss'] / 1e9:.2f} GB", flush=True)
+        best = {m: min(r["seconds"] for r in rs) for m, rs in runs.items()}
+        rss = {m: max(r["peak_rss"] for r in rs) for m, rs in runs.items()}
+        floor = {m: max(r["floor_rss"] for r in rs) for m, rs in runs.items()}
+        prune = runs["prune"][-1]
+        exact = prune["pruned"] == round(SPARSITY * prune["selected"])
+        rows = []
+        for mode, label in (("copy", "read + write shards (baseline)"), ("prune", "streaming prune (omp, global 50%)")):
+            rows.append([label, round(best[mode], 2), round(gb / best[mode], 3), round(rss[mode] / 1e9, 3),
+                         round((rss[mode] - floor[mode]) / info["largest_shard"], 2)])
+        print()
+        print("| job | seconds | GB/s | peak RSS GB | (peak RSS - RSS after imports) / largest shard |")
+        print("|---|---:|---:|---:|---:|")
+        for row in rows:
+            print("| " + " | ".join(str(x) for x in row) + " |")
+        time_ratio = best["prune"] / best["copy"]
+        rss_ratio = rss["prune"] / rss["copy"]
+        print(f"\nprune / baseline: time {time_ratio:.2f}x, peak RSS {rss_ratio:.2f}x; "
+              f"pruned {prune['pruned']:,} of {prune['selected']:,} selected weights (exact: {exact})")
+        figures = {
+            "title": f"Streaming prune of a {gb:.1f} GB fp32 checkpoint ({info['shards']} shards) vs read+write",
+            "headline": [
+                {"name": "streaming prune time / read+write time", "value": round(time_ratio, 2), "unit": "x"},
+                {"name": "streaming prune throughput", "value": round(gb / best["prune"], 3), "unit": "GB/s"},
+                {"name": "streaming prune peak RSS / largest shard", "value": round(rss["prune"] / info["largest_shard"], 2),
+                 "unit": "x", "note": f"largest shard {info['largest_shard'] / 1e9:.2f} GB, RSS includes imports"},
+                {"name": "pruned count exact", "value": exact},
+            ],
+            "tables": [{"title": "jobs", "columns": ["job", "seconds", "GB/s", "peak RSS GB",
+                                                     "(peak RSS - RSS after imports) / largest shard"], "rows": rows}],
+            "checkpoint": info, "runs": runs,
+        }
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(figures, f, indent=2)
+        return 0 if exact else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
