@@ -142,6 +142,8 @@ def test_targets_off_the_grid_and_bad_options_are_rejected(tmp_path):
         SparsityConfig(method="lth", sparsity=0.3)
     with pytest.raises(ValueError, match="nearest: 0.2 \\(1 rounds\\)"):
         SparsityConfig(method="lth", sparsity=0.1)
+    with pytest.raises(ValueError, match="skip_dense_phase does not apply"):
+        SparsityConfig(method="lth", sparsity=0.2, skip_dense_phase=True)
     with pytest.raises(ValueError, match=r"lth_rate must be in \(0, 1\)"):
         SparsityConfig(method="lth", sparsity=0.5, lth_rate=1.0)
     paper = build_method(SparsityConfig(method="lth", sparsity=0.59))  # printed for 1 - 0.8^4 = 0.5904

@@ -116,6 +116,16 @@ def test_same_seed_same_run(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(first.model.parameters(), second.model.parameters()))
 
 
+def test_resuming_from_a_checkpoint_between_updates_gives_the_same_run(tmp_path):
+    cfg = SparsityConfig(method="rigl", sparsity=0.5, update_every=2)
+    full, _ = _train(tmp_path, cfg, save_strategy="steps", save_steps=3)
+    resumed = SparseTrainer(model=tiny_roberta(seed=5), train_dataset=ToyClassification(), sparsity_config=cfg,
+                            args=training_args(tmp_path, max_steps=8, logging_steps=4, save_strategy="steps", save_steps=3))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+    assert resumed.sparsity_callback.masks.digest() == full.sparsity_callback.masks.digest()
+    assert all(torch.equal(p, q) for p, q in zip(full.model.parameters(), resumed.model.parameters()))
+
+
 def test_bad_options_are_rejected_before_training(tmp_path):
     with pytest.raises(ValueError, match="rigl_init must be one of omp, snip, random"):
         SparsityConfig(method="rigl", sparsity=0.5, rigl_init="magnitude")

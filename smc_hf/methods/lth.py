@@ -59,6 +59,11 @@ class LTH(SparsityMethod):
     @classmethod
     def validate(cls, config) -> None:
         super().validate(config)
+        if config.skip_dense_phase:
+            raise ValueError(
+                "lth's round 0 is the dense training whose magnitudes choose the first pruning and whose start is "
+                "the rewind point; skip_dense_phase does not apply (use omp_after on a fine-tuned model instead)"
+            )
         pruning_rounds(config.sparsity, config.lth_rate)
 
     @property
