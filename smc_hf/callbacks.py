@@ -46,6 +46,8 @@ class SparsityCallback(TrainerCallback, ExportableState):
         self.rounds_driver = False
         #: Checkpoint folder to read masks from when resuming (SparseTrainer resolves it).
         self.resume_dir: Optional[str] = None
+        #: The fp16 loss scale before the current optimizer step, to recognise a skipped step by its back-off.
+        self._scale_before: Optional[float] = None
 
     # -- ExportableState -------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -148,6 +150,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
         return getattr(type(self.method), event) is not getattr(SparsityMethod, event)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._scale_before = distributed.loss_scale(optimizer)
         if self._overrides("before_optimizer_step"):
             distributed.unscale_gradients(optimizer, args)
             with distributed.mask_update(self.masks, grads=True):
@@ -157,7 +160,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
         self.masks.apply_to_grads()
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
-        if not getattr(optimizer, "step_was_skipped", False):
+        if not distributed.step_was_skipped(optimizer, self._scale_before):
             self.step += 1
             with distributed.mask_update(self.masks, full=self._overrides("after_optimizer_step")):
                 self.method.after_optimizer_step(

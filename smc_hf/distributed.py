@@ -473,6 +473,27 @@ def agree_masks(masks: MaskSet) -> None:
     masks.apply_to_weights()
 
 
+def loss_scale(optimizer) -> Optional[float]:
+    """The GradScaler's current scale, or None without an enabled scaler (bf16, fp32, DeepSpeed)."""
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return None
+    return float(scaler.get_scale())
+
+
+def step_was_skipped(optimizer, scale_before: Optional[float]) -> bool:
+    """Whether the optimizer step just taken was skipped for an fp16 overflow.
+
+    Accelerate's `step_was_skipped` misses skips of optimizers that take the scaler into their own step
+    (fused AdamW, the Trainer's default): their `step` runs and skips internally. A skip is also recognised
+    by the scaler backing off, which it does exactly when it found inf or NaN gradients.
+    """
+    if getattr(optimizer, "step_was_skipped", False):
+        return True
+    after = loss_scale(optimizer)
+    return scale_before is not None and after is not None and after < scale_before
+
+
 def unscale_gradients(optimizer, args) -> None:
     """Under fp16 with a GradScaler, divide the gradients by the loss scale before a method reads them.
 
@@ -498,6 +519,8 @@ __all__ = [
     "masks_digests",
     "num_processes",
     "placement_for",
+    "loss_scale",
     "reduce_scores",
+    "step_was_skipped",
     "unscale_gradients",
 ]

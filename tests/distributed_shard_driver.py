@@ -1,6 +1,6 @@
 """Sharded-weight checks on the CPU over gloo, launched by `torch.distributed.run --nproc_per_node 2`.
 
-Usage: distributed_shard_driver.py MODE OUT_DIR, MODE one of
+Usage: distributed_shard_driver.py OUT_DIR MODE..., each MODE one of
 - fsdp1 / fsdp2: a tiny RoBERTa wrapped by FSDP1 (use_orig_params) or FSDP2 (`fully_shard`) trains a few
   AdamW steps with GMP, driven through `SparsityCallback`'s Trainer events (Accelerate's FSDP plugin needs
   GPUs, the placements do not). Every rank feeds the same batch, so the sharded run must reach the masks of
@@ -139,14 +139,15 @@ def agree(out_dir):
 
 
 def main():
-    mode, out_dir = sys.argv[1], sys.argv[2]
+    out_dir, modes = sys.argv[1], sys.argv[2:]
     state = PartialState(cpu=True)
-    torch.manual_seed(0)
-    record = agree(out_dir) if mode == "agree" else sharded(mode, out_dir)
-    record["process_index"], record["num_processes"] = state.process_index, state.num_processes
-    with open(os.path.join(out_dir, f"{mode}-rank-{state.process_index}.json"), "w") as handle:
-        json.dump(record, handle)
-    state.wait_for_everyone()
+    for mode in modes:
+        torch.manual_seed(0)
+        record = agree(out_dir) if mode == "agree" else sharded(mode, out_dir)
+        record["process_index"], record["num_processes"] = state.process_index, state.num_processes
+        with open(os.path.join(out_dir, f"{mode}-rank-{state.process_index}.json"), "w") as handle:
+            json.dump(record, handle)
+        state.wait_for_everyone()
     state.destroy_process_group()
 
 
