@@ -104,9 +104,12 @@ def generate(folder: str, quick: bool) -> dict:
             "weights": total // 4}
 
 
-def child(mode: str, source: str, target: str) -> None:
+def child(mode: str, source: str, target: str, threads: int) -> None:
     """One measured job; prints a JSON line with its wall time and peak RSS."""
+    import torch
     from safetensors.torch import load_file, save_file
+
+    torch.set_num_threads(threads)
 
     from smc_hf import SparsityConfig
     from smc_hf.safetensors_io import checkpoint_files, open_safetensors
@@ -133,10 +136,10 @@ def child(mode: str, source: str, target: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss": _peak_rss(), "floor_rss": floor, **result}), flush=True)
 
 
-def run_child(mode: str, source: str, target: str) -> dict:
+def run_child(mode: str, source: str, target: str, threads: int) -> dict:
     shutil.rmtree(target, ignore_errors=True)
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", mode, source, target],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", mode, source, target,
+                           "--threads", str(threads)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} failed:\n{proc.stdout}\n{proc.stderr}")
     shutil.rmtree(target, ignore_errors=True)
@@ -149,10 +152,13 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each job (best time, worst RSS)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the checkpoint is generated")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of both jobs (default 1: on a shared machine OpenMP threads that "
+                        "outnumber free cores spin and slow elementwise work down several-fold)")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "SOURCE", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child)
+        child(*args.child, threads=args.threads)
         return 0
     work = tempfile.mkdtemp(prefix="smc_streaming_bench_", dir=args.dir)
     try:
@@ -168,7 +174,7 @@ def main() -> int:
         runs = {"copy": [], "prune": []}
         for repeat in range(args.repeats):
             for mode in ("copy", "prune"):
-                result = run_child(mode, source, os.path.join(work, mode))
+                result = run_child(mode, source, os.path.join(work, mode), args.threads)
                 runs[mode].append(result)
                 print(f"  {mode} run {repeat + 1}: {result['seconds']:.1f} s, peak RSS "
                       f"{result['peak_rss'] / 1e9:.2f} GB", flush=True)
@@ -201,7 +207,7 @@ def main() -> int:
             ],
             "tables": [{"title": "jobs", "columns": ["job", "seconds", "GB/s", "peak RSS GB",
                                                      "(peak RSS - RSS after imports) / largest shard"], "rows": rows}],
-            "checkpoint": info, "runs": runs,
+            "checkpoint": info, "runs": runs, "torch_threads": args.threads,
         }
         if args.json:
             with open(args.json, "w") as f:
