@@ -51,10 +51,16 @@ def discover(folder: str, only: Optional[list[str]]) -> list[str]:
     return names
 
 
+THREADS: Optional[int] = None  # set from --threads
+
+
 def _env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=ROOT + (os.pathsep + path if path else ""), HF_HUB_OFFLINE="1",
-                PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=ROOT + (os.pathsep + path if path else ""), HF_HUB_OFFLINE="1",
+               PYTHONUNBUFFERED="1")
+    if THREADS:
+        env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+    return env
 
 
 def run_benchmark(folder: str, name: str, out_dir: str, quick: bool, timeout: float) -> Outcome:
@@ -200,7 +206,8 @@ def markdown(outcomes: list[Outcome], quick: bool, machine: dict[str, Any]) -> s
 
 
 def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
+                            "OMP_NUM_THREADS": THREADS or os.environ.get("OMP_NUM_THREADS", "unset")}
     try:
         import psutil
 
@@ -224,7 +231,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="comma-separated benchmark names")
     parser.add_argument("--timeout", type=float, help="seconds per benchmark (default 900 with --quick, else 7200)")
     parser.add_argument("--benchmarks-dir", default=HERE, help="where the benchmark scripts are (default: here)")
+    parser.add_argument("--threads", type=int,
+                        help="OMP_NUM_THREADS for every benchmark (1 keeps timings stable on a busy machine)")
     opts = parser.parse_args(argv)
+    global THREADS
+    THREADS = opts.threads
     timeout = opts.timeout or (900.0 if opts.quick else 7200.0)
     names = discover(opts.benchmarks_dir, [n.strip() for n in opts.only.split(",")] if opts.only else None)
     os.makedirs(opts.output, exist_ok=True)

@@ -307,8 +307,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed prunes per size below 100M weights")
     parser.add_argument("--baseline-max", type=float, default=1.1e8,
                         help="largest model (weights) on which to run the torch.nn.utils.prune baseline")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: stable on a shared machine; 0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)),
+                        help="torch threads (default: OMP_NUM_THREADS, else 1, stable on a shared machine)")
     parser.add_argument("--margin-gib", type=float, default=2.0,
                         help="memory to leave free: a size that would not is skipped (default 2 GiB)")
     parser.add_argument("--json", help="also write the figures (and scaling.png beside them)")

@@ -11,7 +11,7 @@ import textwrap
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FOLLOWS = textwrap.dedent("""
-    import argparse, json
+    import argparse, json, os
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json")
@@ -19,7 +19,7 @@ FOLLOWS = textwrap.dedent("""
     print("step ratio 1.02" if not a.quick else "quick step ratio 1.05")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"title": "Step overhead", "quick": a.quick,
+            json.dump({"title": "Step overhead", "quick": a.quick, "threads": os.environ.get("OMP_NUM_THREADS"),
                        "headline": [{"name": "step time ratio", "value": 1.05 if a.quick else 1.02, "unit": "x"}],
                        "tables": [{"title": "runs", "columns": ["setup", "s"], "rows": [["stock", 0.5]]}],
                        "nested": {"bytes_per_weight": {"mask": 1.0}}}, f)
@@ -37,11 +37,12 @@ def test_report_gathers_figures_and_names_missing_and_broken_benchmarks(tmp_path
     (bench / "extra_one.py").write_text(FOLLOWS)
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "report.py"), "--quick",
-                           "--benchmarks-dir", str(bench), "--output", str(out)], capture_output=True, text=True)
+                           "--benchmarks-dir", str(bench), "--output", str(out), "--threads", "1"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     outcomes = {o["name"]: o for o in json.loads((out / "REPORT.json").read_text())}
     assert list(outcomes) == ["overhead", "algorithms", "streaming_prune", "compressed_size", "scaling", "extra_one"]
     assert outcomes["overhead"]["status"] == "ok" and outcomes["overhead"]["figures"]["quick"] is True
+    assert outcomes["overhead"]["figures"]["threads"] == "1"
     assert "--quick" in outcomes["overhead"]["command"] and "--json" in outcomes["overhead"]["command"]
     assert outcomes["algorithms"]["status"] == "missing" and outcomes["streaming_prune"]["status"] == "missing"
     assert outcomes["compressed_size"]["status"] == "no-json"
