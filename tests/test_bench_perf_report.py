@@ -37,7 +37,8 @@ def test_report_gathers_figures_and_names_missing_and_broken_benchmarks(tmp_path
     (bench / "extra_one.py").write_text(FOLLOWS)
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "report.py"), "--quick",
-                           "--benchmarks-dir", str(bench), "--output", str(out), "--threads", "1"], capture_output=True, text=True)
+                           "--benchmarks-dir", str(bench), "--output", str(out), "--threads", "1"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     outcomes = {o["name"]: o for o in json.loads((out / "REPORT.json").read_text())}
     assert list(outcomes) == ["overhead", "algorithms", "streaming_prune", "compressed_size", "scaling", "extra_one"]
