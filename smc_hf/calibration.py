@@ -113,8 +113,6 @@ def calibration_gradients(
         bar = tqdm(total=count, desc=what, leave=False, disable=None if progress is None else not progress)
         with bar:
             for batch in batches:
-                if seen == count:
-                    break
                 with torch.enable_grad():
                     loss = _loss(model, _to_device(batch, device))
                     grads = torch.autograd.grad(loss, tensors, allow_unused=True, materialize_grads=True)
@@ -128,6 +126,8 @@ def calibration_gradients(
                 seen += 1
                 bar.update(1)
                 yield out
+                if seen == count:
+                    break
     finally:
         for p in frozen:
             p.requires_grad_(False)

@@ -64,7 +64,7 @@ def gradient(ctx: PruneContext) -> dict[str, torch.Tensor]:
     if all(p.grad is None for p in ctx.masks.params.values()):
         raise ValueError("the gradient criterion needs gradients in .grad; use it in before_optimizer_step")
     return {
-        n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) if p.grad is None else p.grad.detach().abs().float()
+        n: p.grad.detach().abs().float() if p.grad is not None else torch.zeros(p.shape, device=p.device)
         for n, p in ctx.masks.params.items()
     }
 

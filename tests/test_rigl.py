@@ -119,8 +119,9 @@ def test_same_seed_same_run(tmp_path):
 def test_resuming_from_a_checkpoint_between_updates_gives_the_same_run(tmp_path):
     cfg = SparsityConfig(method="rigl", sparsity=0.5, update_every=2)
     full, _ = _train(tmp_path, cfg, save_strategy="steps", save_steps=3)
+    args = training_args(tmp_path, max_steps=8, logging_steps=4, save_strategy="steps", save_steps=3)
     resumed = SparseTrainer(model=tiny_roberta(seed=5), train_dataset=ToyClassification(), sparsity_config=cfg,
-                            args=training_args(tmp_path, max_steps=8, logging_steps=4, save_strategy="steps", save_steps=3))
+                            args=args)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
     assert resumed.sparsity_callback.masks.digest() == full.sparsity_callback.masks.digest()
     assert all(torch.equal(p, q) for p, q in zip(full.model.parameters(), resumed.model.parameters()))
@@ -136,7 +137,7 @@ def test_bad_options_are_rejected_before_training(tmp_path):
     model = tiny_roberta()
     before = [p.detach().clone() for p in model.parameters()]
     for cfg, message in [
-        (SparsityConfig(method="rigl", sparsity=0.5, end_step=50), "end_step = 50 is step 50, past the end of training"),
+        (SparsityConfig(method="rigl", sparsity=0.5, end_step=50), "end_step = 50 is step 50, past the end of"),
         (SparsityConfig(method="rigl", sparsity=0.5, update_every=6), "rigl would never update the mask"),
     ]:
         trainer = SparseTrainer(model=model, args=training_args(tmp_path, max_steps=8),

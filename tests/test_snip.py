@@ -29,7 +29,8 @@ def _hand_scores(batches: int) -> dict[str, torch.Tensor]:
 def test_scores_equal_abs_grad_times_weight_summed_over_batches():
     expected = _hand_scores(batches=2)
     model = tiny_roberta()
-    ctx = PruneContext(model=model, masks=MaskSet.for_model(model), dataloader=DataLoader(ToyClassification(n=16), batch_size=4))
+    loader = DataLoader(ToyClassification(n=16), batch_size=4)
+    ctx = PruneContext(model=model, masks=MaskSet.for_model(model), dataloader=loader)
     got = CRITERIA.get("snip")(ctx, batches=2)
     assert list(got) == list(expected)
     for name in expected:
@@ -58,7 +59,8 @@ def test_scoring_leaves_no_gradients_and_restores_mode_and_frozen_weights():
     model.train()
     frozen = next(p for n, p in model.named_parameters() if n.endswith("query.weight"))
     frozen.requires_grad_(False)
-    prune_model(model, SparsityConfig(method="snip", sparsity=0.5), dataloader=DataLoader(ToyClassification(n=8), batch_size=4))
+    loader = DataLoader(ToyClassification(n=8), batch_size=4)
+    prune_model(model, SparsityConfig(method="snip", sparsity=0.5), dataloader=loader)
     assert all(p.grad is None for p in model.parameters())
     assert model.training and not frozen.requires_grad
     assert sum(p.requires_grad for p in model.parameters()) == len(list(model.parameters())) - 1
