@@ -31,11 +31,12 @@ AUXILIARY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
 
 
 def resolved_distribution(config) -> Optional[str]:
+    """The distribution the method really uses (a method may pick its default from other options, as RigL does)."""
     if config is None:
         return None
-    from .methods import METHODS
+    from .methods import build_method
 
-    return config.distribution or METHODS.get(config.method).default_distribution
+    return build_method(config).distribution
 
 
 def sparsity_block(report: SparsityReport, config=None, masks_file: Optional[str] = MASKS_FILE, **extra) -> dict:
@@ -162,7 +163,7 @@ def model_class_for(config, name: Optional[str] = None):
 
     if name:
         cls = getattr(transformers, name, None) if name.isidentifier() else None
-        if cls is None or not hasattr(cls, "from_pretrained") or not (
+        if not isinstance(cls, type) or not hasattr(cls, "from_pretrained") or not (
             name.startswith("AutoModel") or issubclass(cls, transformers.PreTrainedModel)
         ):
             raise ValueError(f"model class {name!r} is not an AutoModel* or model class of transformers")

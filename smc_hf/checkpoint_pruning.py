@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional, Union
 
 from .checkpoint import AUXILIARY_SUFFIXES, model_class_for, read_sparsity_block, report_from_block, save_sparse_pretrained
+from .compressed import COMPRESSED_INDEX
 from .config import SparsityConfig
 from .report import SparsityReport
 from .safetensors_io import checkpoint_files, read_header
@@ -178,6 +179,9 @@ def prune_checkpoint(
     check_method(config, args)
     command = command or equivalent_command(source, config, args)
     local = resolve_source(source, args)
+    if os.path.isfile(os.path.join(local, COMPRESSED_INDEX)):
+        raise ValueError(f"{local} holds compressed weights; write a dense copy first with "
+                         "smc_hf.compressed.decompress_folder(src, dst)")
     for path in checkpoint_files(local):
         read_header(path)
     packed = args.mask_format == "packed"

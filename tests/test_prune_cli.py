@@ -148,3 +148,15 @@ def test_obert_calibrates_on_a_task(tmp_path):
     assert block["method"] == "obert" and type(model).__name__ == "RobertaForMultipleChoice"
     total = block["selected_numel"]
     assert _pruned_count(str(tmp_path / "out")) == round(0.5 * total)
+
+
+def test_model_class_option_and_compressed_sources(tmp_path, source):
+    cfg = SparsityConfig(method="omp", sparsity=0.5)
+    prune_checkpoint(source, str(tmp_path / "base"), cfg, model_class="AutoModel", compress=True, progress=False)
+    masks = read_masks(str(tmp_path / "base" / MASKS_FILE))
+    assert masks and all(n.startswith("encoder.layer.") for n in masks)
+    with pytest.raises(ValueError, match="decompress_folder"):
+        prune_checkpoint(str(tmp_path / "base"), str(tmp_path / "again"), cfg, progress=False)
+    with pytest.raises(ValueError, match="not an AutoModel"):
+        prune_checkpoint(source, str(tmp_path / "bad"), cfg, model_class="os.system", progress=False)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "again").exists()
