@@ -26,7 +26,7 @@ def plot_task(groups: Iterable[GroupStats], task: str, path: str) -> str:
         raise ValueError(f"no results for task {task!r}")
     sparsities = sorted({g.sparsity for g in rows if g.method != DENSE})
     position = {s: i for i, s in enumerate(sparsities)}
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.0, 4.8), dpi=120)
     dense = dense_baseline(rows, task)
     if dense is not None:
         ax.axhline(dense.mean, color="black", linestyle="--", linewidth=1.6, label="Dense", zorder=1)
@@ -57,8 +57,7 @@ def plot_task(groups: Iterable[GroupStats], task: str, path: str) -> str:
     ax.grid(True, color="#dddddd", linewidth=0.8)
     ax.set_axisbelow(True)
     handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2 if len(sparsities) > 6 else -0.14),
-              ncol=3, fontsize=8.5, frameon=False)
+    ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9, frameon=False)
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

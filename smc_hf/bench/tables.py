@@ -154,7 +154,7 @@ def markdown(groups: list[GroupStats], tolerance: float = 1.0, problems: Iterabl
         lines += [f"{metric_label(rows[0].metric_name)}, {spread} over {n_expected} seed(s) per cell; "
                   f"model: {', '.join(f'`{m}`' for m in models) or 'the task default'}.", ""]
         header = ["method", "dense"] + [format_sparsity(s) for s in sparsities]
-        header.append(f"max sparsity within {tolerance:g} of dense")
+        header.append(f"max sparsity within {tolerance:g} pt of dense")
         lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         for method in dict.fromkeys(g.method for g in rows):
             by_sparsity = {g.sparsity: g for g in rows if g.method == method}

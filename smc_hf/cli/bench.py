@@ -126,7 +126,7 @@ def _report(opts: argparse.Namespace) -> int:
     print(f"{report.cells} cells -> {report.csv}, {report.markdown}, {len(report.figures)} figure(s)")
     for (task, method), sparsity in report.within_dense.items():
         best = "none" if sparsity is None else format_sparsity(sparsity)
-        print(f"  {task} {method}: within {opts.tolerance:g} of dense up to sparsity {best}")
+        print(f"  {task} {method}: within {opts.tolerance:g} point(s) of dense up to sparsity {best}")
     return 0 if report.cells else 1
 
 
