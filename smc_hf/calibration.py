@@ -98,6 +98,12 @@ def calibration_gradients(
         )
     names = list(params)
     tensors = [params[n] for n in names]
+    owned = {id(p) for p in model.parameters()}
+    if any(id(t) not in owned for t in tensors):
+        raise ValueError(
+            f"{what}: the weights to score are not the model's own parameters (a sharded model, e.g. under FSDP2, "
+            "viewed whole through copies); compute calibration gradients unsharded (DDP, one process)"
+        )
     device = tensors[0].device
     frozen = [p for p in tensors if not p.requires_grad]
     was_training = model.training

@@ -112,6 +112,11 @@ class Placement:
         masks.placement = self
 
     @contextlib.contextmanager
+    def bind_view(self) -> Iterator[None]:
+        """Whole weights under their clean names, while masks are bound (selection needs real shapes)."""
+        yield
+
+    @contextlib.contextmanager
     def full_view(self, masks: MaskSet, grads: bool = False) -> Iterator[None]:
         """Every selected weight whole (and its gradient, with `grads`) while inside."""
         yield
@@ -128,12 +133,13 @@ class Placement:
     def weight_zeros(self, masks: MaskSet) -> dict[str, int]:
         """Zeros per selected weight without a collective (reports run on one rank): pruned positions are
         checked to be exactly zero in this rank's shard and counted from the mask."""
-        bad = [n for n, (weight, keep) in self._local_weight_pairs(masks) if bool(weight[~keep].any())]
+        bad = [n for n, (weight, keep) in self.local_weight_pairs(masks) if bool(weight[~keep].any())]
         if bad:
             raise RuntimeError(f"pruned weights are not zero in this rank's shard of {bad[:5]}")
         return {n: int((~m).sum()) if (m := masks.masks.get(n)) is not None else 0 for n in masks.names}
 
-    def _local_weight_pairs(self, masks: MaskSet):
+    def local_weight_pairs(self, masks: MaskSet) -> list[tuple[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """(name, (the weight tensor this rank holds, its local keep-mask)) for every masked weight."""
         return []
 
 
@@ -157,13 +163,13 @@ class _LocalMasks(Placement):
     def _local_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
-    def _local_weight_pairs(self, masks: MaskSet):
+    def local_weight_pairs(self, masks: MaskSet):
         local = self.local_masks(masks)
         return [(n, (self._local_tensor(masks.params[n].data), m)) for n, m in local.items()]
 
     @torch.no_grad()
     def apply_to_weights(self, masks: MaskSet) -> None:
-        pairs = [pair for _, pair in self._local_weight_pairs(masks)]
+        pairs = [pair for _, pair in self.local_weight_pairs(masks)]
         _mul_([t for t, _ in pairs], [m for _, m in pairs])
 
     @torch.no_grad()
@@ -254,11 +260,13 @@ class FSDP1Placement(_LocalMasks):
         return FullyShardedDataParallel
 
     @contextlib.contextmanager
-    def full_view(self, masks: Optional[MaskSet], grads: bool = False) -> Iterator[None]:
+    def bind_view(self) -> Iterator[None]:
+        with self._fsdp().summon_full_params(self.model, writeback=False):
+            yield
+
+    @contextlib.contextmanager
+    def full_view(self, masks: MaskSet, grads: bool = False) -> Iterator[None]:
         with self._fsdp().summon_full_params(self.model, writeback=True, with_grads=grads):
-            if masks is None:
-                yield
-                return
             masks.placement = None
             try:
                 yield
@@ -336,11 +344,21 @@ class DeepSpeedPlacement(_LocalMasks):
             local[name] = flat[rank * size : (rank + 1) * size]
         return local
 
-    def _local_weight_pairs(self, masks: MaskSet):
+    def local_weight_pairs(self, masks: MaskSet):
         local = self.local_masks(masks)
         if self.stage3:
             return [(n, (masks.params[n].ds_tensor.data.view(-1), m)) for n, m in local.items()]
         return [(n, (masks.params[n].data, m)) for n, m in local.items()]
+
+    @contextlib.contextmanager
+    def bind_view(self) -> Iterator[None]:
+        if not self.stage3:
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+            yield
 
     @contextlib.contextmanager
     def full_view(self, masks: MaskSet, grads: bool = False) -> Iterator[None]:
@@ -428,12 +446,13 @@ def placement_for(model: nn.Module) -> Optional[Placement]:
 # -- the callback's entry points ---------------------------------------------------------------------------
 @contextlib.contextmanager
 def bind_view(placement: Optional[Placement]) -> Iterator[None]:
-    """Whole weights under their clean names while masks are bound to a model (FSDP1 hides both otherwise)."""
-    if isinstance(placement, FSDP1Placement):
-        with placement.full_view(None):
-            yield
-    else:
+    """Whole weights under their clean names while masks are bound to a model (FSDP1 hides names and shapes,
+    ZeRO-3 shapes)."""
+    if placement is None:
         yield
+    else:
+        with placement.bind_view():
+            yield
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -78,11 +79,14 @@ def sparsity_report(model: nn.Module, masks: Optional[MaskSet] = None, config=No
         params = select_parameters(
             model, targets=getattr(config, "targets", None), ignore=getattr(config, "ignore", None)
         )
+    # With masks, counts go through the MaskSet, which knows full shapes and sharded weights (smc_hf.distributed).
+    zeros = masks.weight_zeros() if masks is not None else {n: int((p == 0).sum()) for n, p in params.items()}
     modules = []
     for name, param in params.items():
         mask = masks.masks.get(name) if masks is not None else None
         target = float((~mask).sum()) / mask.numel() if mask is not None else None
-        modules.append(ModuleSparsity(name, param.numel(), int((param == 0).sum()), target))
+        numel = math.prod(masks.shapes[name]) if masks is not None else param.numel()
+        modules.append(ModuleSparsity(name, numel, zeros[name], target))
     if config is not None and config.method not in ("dense", "fixed"):
         target = config.sparsity
     elif masks is not None and not masks.is_dense:

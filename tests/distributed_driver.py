@@ -24,21 +24,33 @@ from smc_hf import SparsityCallback  # noqa: E402
 from smc_hf.masks import unwrap_optimizer  # noqa: E402
 
 
+def _local(tensor):
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 class RecordingCallback(SparsityCallback):
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         super().on_train_end(args, state, control, model=model, optimizer=optimizer, **kwargs)
+        placement = self.masks.placement
+        if placement is None:
+            held = {n: (self.masks.params[n], m) for n, m in self.masks.masks.items()}
+        else:
+            held = dict(placement.local_weight_pairs(self.masks))
         with torch.no_grad():
-            weights = sum(int(p[~m].ne(0).sum()) for p, m in self._pairs())
-            opt_state = unwrap_optimizer(optimizer).state
-            buffers = sum(
-                int(v[~m].ne(0).sum())
-                for p, m in self._pairs()
-                for v in (opt_state.get(p) or {}).values()
-                if torch.is_tensor(v) and v.shape == m.shape
-            )
+            weights = sum(int(w[~m].ne(0).sum()) for w, m in held.values())
+            buffers = None  # DeepSpeed keys its optimizer state by flat partitions, not by parameter
+            if placement is None or placement.name in ("dtensor", "fsdp1"):
+                opt_state = unwrap_optimizer(optimizer).state
+                buffers = sum(
+                    int(_local(v)[~m].ne(0).sum())
+                    for n, (_, m) in held.items()
+                    for v in (opt_state.get(self.masks.params[n]) or {}).values()
+                    if torch.is_tensor(v) and _local(v).shape == m.shape
+                )
         record = {
             "process_index": PartialState().process_index,
             "num_processes": PartialState().num_processes,
+            "placement": None if placement is None else placement.name,
             "digest": self.masks.digest(),
             "pruned_nonzero_weights": weights,
             "pruned_nonzero_optimizer_entries": buffers,
@@ -48,9 +60,6 @@ class RecordingCallback(SparsityCallback):
         }
         with open(os.path.join(args.output_dir, f"rank-{record['process_index']}.json"), "w") as handle:
             json.dump(record, handle)
-
-    def _pairs(self):
-        return [(self.masks.params[n], m) for n, m in self.masks.masks.items()]
 
     def on_save(self, args, state, control, **kwargs):
         super().on_save(args, state, control, **kwargs)

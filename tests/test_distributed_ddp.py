@@ -13,10 +13,8 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import RobertaConfig, RobertaForMultipleChoice
 
-from tests.distributed_launch import accelerate_launch, check
-from tests.task_fixtures import TINY, csqa_rows, roberta_tokenizer, write_jsonl
+from tests.distributed_launch import accelerate_launch, check, read_ranks, tiny_csqa
 
 STEPS = 6
 SPARSITY = 0.5
@@ -25,14 +23,7 @@ SPARSITY = 0.5
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    data = write_jsonl(str(root / "train.jsonl"), csqa_rows(16))
-    model_dir = str(root / "roberta")
-    tokenizer = roberta_tokenizer(["Q: Where is money kept? A: bank library store mall park"], model_dir)
-    config = RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=160, pad_token_id=1,
-                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY)
-    torch.manual_seed(0)
-    RobertaForMultipleChoice(config).save_pretrained(model_dir)
-    return root, data, model_dir
+    return (root, *tiny_csqa(root))
 
 
 def launch(inputs, name, processes, *extra, **env):
@@ -49,15 +40,6 @@ def launch(inputs, name, processes, *extra, **env):
     return out, accelerate_launch("distributed_driver.py", args, processes=processes, **env)
 
 
-def ranks(out):
-    records = []
-    for name in sorted(os.listdir(out)):
-        if name.startswith("rank-"):
-            with open(out / name) as handle:
-                records.append(json.load(handle))
-    return records
-
-
 @pytest.fixture(scope="module")
 def ddp(inputs):
     out, result = launch(inputs, "ddp", 2, "--save_strategy", "no")
@@ -66,7 +48,7 @@ def ddp(inputs):
 
 
 def test_every_rank_holds_the_same_masks_and_exact_zeros(ddp):
-    records = ranks(ddp)
+    records = read_ranks(ddp)
     assert [r["process_index"] for r in records] == [0, 1]
     assert all(r["num_processes"] == 2 for r in records)
     assert records[0]["digest"] == records[1]["digest"]
@@ -91,8 +73,8 @@ def test_saved_model_is_exactly_sparse_at_the_target(ddp):
 def test_matches_one_process_with_the_same_global_batch(inputs, ddp):
     single, result = launch(inputs, "single", 1, "--save_strategy", "no")
     check(result)
-    assert ranks(single)[0]["num_processes"] == 1
-    assert ranks(single)[0]["digest"] == ranks(ddp)[0]["digest"]
+    assert read_ranks(single)[0]["num_processes"] == 1
+    assert read_ranks(single)[0]["digest"] == read_ranks(ddp)[0]["digest"]
     a, b = load_file(str(ddp / "model.safetensors")), load_file(str(single / "model.safetensors"))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-3)
@@ -107,8 +89,8 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(inputs, ddp):
     _, resumed = launch(inputs, "killed", 2, "--save_strategy", "steps", "--save_steps", "2",
                         "--resume_from_checkpoint", "True")
     check(resumed)
-    records = ranks(out)
-    assert records[0]["digest"] == records[1]["digest"] == ranks(ddp)[0]["digest"]
+    records = read_ranks(out)
+    assert records[0]["digest"] == records[1]["digest"] == read_ranks(ddp)[0]["digest"]
     assert all(r["steps"] == STEPS and r["pruned_nonzero_weights"] == 0 for r in records)
     a, b = load_file(str(ddp / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(a[name], b[name]) for name in a)
