@@ -16,9 +16,9 @@ maps them onto what this rank holds, so masking a sharded model multiplies shard
   weights are re-masked after each step as a safety net. ZeRO-3 uses the local (per-partition) helpers.
 
 Mask changes (scoring and allocation) run inside `mask_update`, where every selected weight is whole and
-the masks apply to whole tensors; on leaving it the local masks are rebuilt and, with several processes,
-the masks of all ranks are compared by digest and, if they differ, replaced by rank 0's
-(`accelerate.utils.gather_object` / `broadcast`; never raw `torch.distributed`).
+the masks apply to whole tensors. On leaving it, with several processes, the masks of all ranks are compared
+by digest and, if they differ, replaced by rank 0's (`accelerate.utils.gather_object` / `broadcast`, never raw
+`torch.distributed`). Local masks are cut again when next needed: `MaskSet.version` tells when they are stale.
 """
 
 from __future__ import annotations
@@ -82,9 +82,9 @@ def broadcast_masks(masks: MaskSet, from_process: int = 0) -> None:
         packed = torch.zeros(sum(math.prod(s) for s in shapes), dtype=torch.uint8, device=device)
     if names:
         packed = broadcast(packed, from_process=from_process)
-    received = dict(zip(names, (c.view(s).bool() for c, s in zip(packed.split([math.prod(s) for s in shapes]), shapes))))
+    chunks = packed.split([math.prod(s) for s in shapes])
     masks.clear()
-    masks.update(received)
+    masks.update({n: chunk.view(shape).bool() for n, chunk, shape in zip(names, chunks, shapes)})
 
 
 def reduce_scores(scores: dict[str, torch.Tensor], reduction: str = "mean") -> dict[str, torch.Tensor]:
@@ -99,9 +99,9 @@ def reduce_scores(scores: dict[str, torch.Tensor], reduction: str = "mean") -> d
 
 # -- placements --------------------------------------------------------------------------------------------
 class Placement:
-    """Maps full-shape masks onto the tensors one rank holds. Subclasses override what differs."""
+    """Maps full-shape masks onto the tensors one rank holds (whole weights need none: `placement_for`)."""
 
-    name = "replicated"
+    name = ""
     #: Whether dense gradients are in `.grad` in `on_pre_optimizer_step` (not under DeepSpeed).
     grads_before_step = True
 
@@ -239,7 +239,9 @@ class DTensorPlacement(_LocalMasks):
             masks.params, masks.placement = real, self
         with torch.no_grad():
             for name, param in real.items():
-                shard = distribute_tensor(full[name].detach(), param.device_mesh, param.placements, src_data_rank=None)
+                shard = distribute_tensor(
+                    full[name].detach(), param.device_mesh, param.placements, src_data_rank=None
+                )
                 param.to_local().copy_(shard.to_local())
 
 
@@ -311,7 +313,9 @@ class DeepSpeedPlacement(_LocalMasks):
         for handle in self._hooks:
             handle.remove()
         self._hooks = [
-            param.register_hook(self._grad_hook(masks, name)) for name, param in masks.params.items() if param.requires_grad
+            param.register_hook(self._grad_hook(masks, name))
+            for name, param in masks.params.items()
+            if param.requires_grad
         ]
 
     def _grad_hook(self, masks: MaskSet, name: str):
@@ -534,11 +538,13 @@ __all__ = [
     "bind_view",
     "broadcast_masks",
     "check_masks_agree",
+    "loss_scale",
     "mask_update",
     "masks_digests",
     "num_processes",
+    "optimizer_state_keys",
     "placement_for",
-    "loss_scale",
+    "process_index",
     "reduce_scores",
     "step_was_skipped",
     "unscale_gradients",

@@ -32,7 +32,8 @@ class FakeDeepSpeed:
     def __init__(self, rank: int):
         self.rank, self.writes = rank, 0
         self.comm = types.SimpleNamespace(get_rank=lambda group=None: rank, get_world_size=lambda group=None: WORLD)
-        self.zero = types.SimpleNamespace(GatheredParameters=lambda params, modifier_rank=None: contextlib.nullcontext())
+        gathered = lambda params, modifier_rank=None: contextlib.nullcontext()  # noqa: E731
+        self.zero = types.SimpleNamespace(GatheredParameters=gathered)
         self.utils = types.SimpleNamespace(
             safe_get_local_fp32_param=lambda p: p.fp32,
             safe_set_local_fp32_param=lambda p, v: self._write(p.fp32, v),
@@ -80,7 +81,8 @@ def zero3_rank(rank: int):
 
 def optimizer_with(keys=KEYS):
     """An optimizer whose state has the per-weight buffers named `keys` (DeepSpeed keys it by partition)."""
-    return types.SimpleNamespace(state={torch.zeros(1): {k: torch.zeros(3) for k in keys} | {"step": torch.tensor(1.0)}})
+    state = {k: torch.zeros(3) for k in keys} | {"step": torch.tensor(1.0)}
+    return types.SimpleNamespace(state={torch.zeros(1): state})
 
 
 @pytest.mark.parametrize("rank", range(WORLD))
