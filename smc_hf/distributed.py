@@ -203,7 +203,8 @@ class DTensorPlacement(_LocalMasks):
 
     In the full view the selected parameters are replaced, inside the `MaskSet` only, by plain full-size copies
     (one all-gather each), so criteria and allocation see ordinary tensors; what the method wrote into them
-    is copied back into the local shards on leaving.
+    is copied back into the local shards on leaving. The cost: while a mask may change, every rank holds the
+    selected weights whole once more (their gradients too, for methods that read them before the step).
     """
 
     name = "dtensor"

@@ -58,6 +58,7 @@ class RecordingCallback(SparsityCallback):
             "numel": self.masks.numel(),
             "steps": self.step,
         }
+        os.makedirs(args.output_dir, exist_ok=True)  # a multi-round method's round folder may not exist yet
         with open(os.path.join(args.output_dir, f"rank-{record['process_index']}.json"), "w") as handle:
             json.dump(record, handle)
 
