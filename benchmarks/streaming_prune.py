@@ -152,9 +152,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each job (best time, worst RSS)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the checkpoint is generated")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of both jobs (default 1: on a shared machine OpenMP threads that "
-                        "outnumber free cores spin and slow elementwise work down several-fold)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 1),
+                        help="torch threads of both jobs (default: OMP_NUM_THREADS, else 1: on a shared machine "
+                        "OpenMP threads that outnumber free cores spin and slow elementwise work down several-fold)")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "SOURCE", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
