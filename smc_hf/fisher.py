@@ -106,14 +106,16 @@ class BlockFisher:
         blocks = self.blocks[name]
         w = self._blocked(name, weight, torch.float64)
         kept = self._blocked(name, keep.to(weight.device), torch.float64)  # padding counts as pruned
-        removed = w * (1.0 - kept)
-        touched = removed.ne(0).any(dim=1).nonzero().squeeze(1)
-        for start in range(0, touched.numel(), self.chunk):
-            idx = touched[start:start + self.chunk]
-            f, r = blocks[idx].double(), kept[idx]
-            rhs = r * torch.bmm(f, removed[idx].unsqueeze(2)).squeeze(2)  # F_RQ w_Q on R, 0 elsewhere
-            system = f * (r.unsqueeze(2) * r.unsqueeze(1)) + torch.diag_embed(1.0 - r)  # F_RR on R, I elsewhere
-            w[idx] += torch.linalg.solve(system, rhs)
+        for start in range(0, blocks.shape[0], self.chunk):
+            part = slice(start, start + self.chunk)
+            removed = w[part] * (1.0 - kept[part])
+            if not bool(removed.any()):
+                continue
+            f, r = blocks[part].double(), kept[part]
+            rhs = r * torch.bmm(f, removed.unsqueeze(2)).squeeze(2)  # F_RQ w_Q on R, 0 elsewhere
+            system = f.mul_(r.unsqueeze(2) * r.unsqueeze(1))  # F_RR on R ...
+            system.diagonal(dim1=1, dim2=2).add_(1.0 - r)  # ... and the identity elsewhere
+            w[part] += torch.linalg.solve(system, rhs)
         w.mul_(kept)
         weight.copy_(self._unblocked(name, w).to(weight.dtype))
 

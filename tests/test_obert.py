@@ -126,3 +126,23 @@ def test_gradual_training_reaches_the_target_exactly_and_reproducibly(tmp_path):
 def test_one_shot_needs_calibration_batches():
     with pytest.raises(ValueError, match="pass dataloader= to prune_model"):
         prune_model(tiny_roberta(), SparsityConfig(method="obert", sparsity=0.5))
+
+
+def test_chunked_factorisation_and_update_agree_with_one_chunk():
+    from smc_hf.fisher import BlockFisher
+
+    gen = torch.Generator().manual_seed(2)
+    weight, grads = torch.randn(6, 7, generator=gen), torch.randn(5, 6, 7, generator=gen)
+    keep = torch.rand(6, 7, generator=gen) > 0.4
+    results = []
+    for chunk in (1, 3, 4096):
+        fisher = BlockFisher({"w": weight.shape}, 4, DAMP, chunk=chunk)
+        for g in grads:
+            fisher.add({"w": g})
+        fisher.finalize()
+        updated = weight.clone()
+        fisher.obs_update_("w", updated, keep)
+        results.append((fisher.saliency("w", weight), updated))
+    for saliency, updated in results[:-1]:
+        assert torch.equal(saliency, results[-1][0]) and torch.equal(updated, results[-1][1])
+    assert bool((results[-1][1][~keep] == 0).all()) and not torch.equal(results[-1][1][keep], weight[keep])
