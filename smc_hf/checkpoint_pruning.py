@@ -21,11 +21,6 @@ from .safetensors_io import checkpoint_files, read_header
 
 logger = logging.getLogger(__name__)
 
-#: Scores that need no data; and methods that take gradients although their criterion name does not say so.
-DATA_FREE_CRITERIA = ("magnitude", "random")
-GRADIENT_METHODS = ("snip", "obert")
-
-
 def _arg(default, help: str):
     return field(default=default, metadata={"help": help})
 
@@ -77,8 +72,7 @@ def check_method(config: SparsityConfig, options: PruneCheckpointArguments) -> N
     if not method.one_shot_capable and config.method not in ("dense", "fixed"):
         raise ValueError(f"method {config.method!r} needs training; smc-prune runs one-shot methods "
                          f"({', '.join(n for n in METHODS.names() if METHODS.get(n).one_shot_capable)})")
-    needs_data = method.criterion not in DATA_FREE_CRITERIA or config.method in GRADIENT_METHODS
-    if needs_data and not (options.calibration_task or options.calibration_file):
+    if method.needs_data and not (options.calibration_task or options.calibration_file):
         raise ValueError(f"method {config.method!r} scores weights with gradients: pass calibration_task or "
                          "calibration_file (--calibration-task / --calibration-file)")
 

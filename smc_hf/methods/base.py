@@ -22,6 +22,8 @@ class SparsityMethod:
     default_distribution: ClassVar[str] = "global"
     #: Whether `prune_model` can run the method without training.
     one_shot_capable: ClassVar[bool] = False
+    #: Whether scoring needs calibration batches (gradients), so one-shot use must be given data.
+    needs_data: ClassVar[bool] = False
 
     def __init__(self, config):
         self.config = config

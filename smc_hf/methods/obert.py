@@ -32,6 +32,7 @@ class OBERT(GMP):
     """
 
     one_shot_capable = True
+    needs_data = True
 
     def prune_to(self, ctx: PruneContext, sparsity: float, criterion=None, scores=None) -> None:
         masks = ctx.masks

@@ -20,6 +20,7 @@ class SNIP(SparsityMethod):
     timing = "before"
     criterion = "snip"
     one_shot_capable = True
+    needs_data = True
 
     def on_round_begin(self, ctx: PruneContext) -> None:
         scores = CRITERIA.get("snip")(ctx, batches=self.config.snip_batches)
