@@ -136,7 +136,9 @@ def _value(value: Any) -> str:
 
 
 def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested dicts as (dotted.key, value) pairs."""
+    """Nested dicts (and lists of dicts) as (dotted.key, value) pairs."""
+    if isinstance(data, list) and any(isinstance(item, dict) for item in data):
+        data = {str(i): item for i, item in enumerate(data)}
     if isinstance(data, dict):
         items: list[tuple[str, Any]] = []
         for key, value in data.items():
@@ -205,6 +207,13 @@ def markdown(outcomes: list[Outcome], quick: bool, machine: dict[str, Any]) -> s
     return "\n".join(lines) + "\n"
 
 
+def write_markdown(outcomes: list[Outcome], quick: bool, machine: dict[str, Any], out_dir: str) -> str:
+    path = os.path.join(out_dir, "REPORT.md")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(markdown(outcomes, quick, machine))
+    return path
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
                             "OMP_NUM_THREADS": THREADS or os.environ.get("OMP_NUM_THREADS", "unset")}
@@ -233,9 +242,16 @@ def main(argv=None) -> int:
     parser.add_argument("--benchmarks-dir", default=HERE, help="where the benchmark scripts are (default: here)")
     parser.add_argument("--threads", type=int,
                         help="OMP_NUM_THREADS for every benchmark (1 keeps timings stable on a busy machine)")
+    parser.add_argument("--render", action="store_true",
+                        help="only rebuild REPORT.md from the REPORT.json already in --output (runs nothing)")
     opts = parser.parse_args(argv)
     global THREADS
     THREADS = opts.threads
+    if opts.render:
+        with open(os.path.join(opts.output, "REPORT.json"), encoding="utf-8") as handle:
+            saved = json.load(handle)
+        write_markdown([Outcome(**o) for o in saved["outcomes"]], saved["quick"], saved["machine"], opts.output)
+        return 0
     timeout = opts.timeout or (900.0 if opts.quick else 7200.0)
     names = discover(opts.benchmarks_dir, [n.strip() for n in opts.only.split(",")] if opts.only else None)
     os.makedirs(opts.output, exist_ok=True)
@@ -246,12 +262,11 @@ def main(argv=None) -> int:
         print(f"[{index}/{len(names)}] {name}: {outcome.status} in {outcome.seconds:.0f} s"
               + (f" ({outcome.detail})" if outcome.detail else ""), flush=True)
         outcomes.append(outcome)
-    report = markdown(outcomes, opts.quick, machine_info())
-    path = os.path.join(opts.output, "REPORT.md")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(report)
+    machine = machine_info()
     with open(os.path.join(opts.output, "REPORT.json"), "w", encoding="utf-8") as handle:
-        json.dump([asdict(o) for o in outcomes], handle, indent=2)
+        json.dump({"quick": opts.quick, "machine": machine, "outcomes": [asdict(o) for o in outcomes]}, handle,
+                  indent=2)
+    path = write_markdown(outcomes, opts.quick, machine, opts.output)
     print(f"\nreport: {path}")
     for o in outcomes:
         print(f"  {o.name:<18} {o.status:<8} {headline_text(o.figures) or o.detail}")

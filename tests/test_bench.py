@@ -31,7 +31,7 @@ from smc_hf.bench import (
     write_report,
 )
 from smc_hf.bench.results import CellResult, read_run_results, write_json_atomic
-from smc_hf.bench.sweep import inspect, pending_cells
+from smc_hf.bench.sweep import cell_statuses, pending_cells
 from smc_hf.cli import bench as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -277,7 +277,7 @@ def test_bad_input_fails_before_any_run(fake, tmp_path, capsys):
     # a results folder from another model is refused rather than mixed
     assert cli.main(sweep_argv(entry, out)) == 0
     with pytest.raises(ValueError, match="produced with model 'tiny'"):
-        inspect(build_grid(["toy"], parse_methods("omp_before"), [0.25], [1]), str(out), "other-model")
+        cell_statuses(build_grid(["toy"], parse_methods("omp_before"), [0.25], [1]), str(out), "other-model")
 
 
 def test_result_files_are_checked_field_by_field(tmp_path):

@@ -40,7 +40,7 @@ def test_report_gathers_figures_and_names_missing_and_broken_benchmarks(tmp_path
                            "--benchmarks-dir", str(bench), "--output", str(out), "--threads", "1"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    outcomes = {o["name"]: o for o in json.loads((out / "REPORT.json").read_text())}
+    outcomes = {o["name"]: o for o in json.loads((out / "REPORT.json").read_text())["outcomes"]}
     assert list(outcomes) == ["overhead", "algorithms", "streaming_prune", "compressed_size", "scaling", "extra_one"]
     assert outcomes["overhead"]["status"] == "ok" and outcomes["overhead"]["figures"]["quick"] is True
     assert outcomes["overhead"]["figures"]["threads"] == "1"
@@ -55,3 +55,9 @@ def test_report_gathers_figures_and_names_missing_and_broken_benchmarks(tmp_path
     assert "| algorithms | missing |" in md and "| scaling | failed |" in md
     assert "| stock | 0.5 |" in md and "nested.bytes_per_weight.mask = 1" in md
     assert "figures only on stdout: 42" in md
+
+    (out / "REPORT.md").unlink()
+    rendered = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "report.py"), "--render",
+                               "--output", str(out)], capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
+    assert (out / "REPORT.md").read_text().split("\n", 3)[3] == md.split("\n", 3)[3]  # same, bar the date line

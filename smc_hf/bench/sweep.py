@@ -56,7 +56,7 @@ def cell_dir(results_dir: str, cell: Cell) -> str:
     return os.path.join(results_dir, cell.relpath)
 
 
-def inspect(cells: Iterable[Cell], results_dir: str, model: Optional[str]) -> list[CellStatus]:
+def cell_statuses(cells: Iterable[Cell], results_dir: str, model: Optional[str]) -> list[CellStatus]:
     """Which cells are done. A result from another model is an error: this sweep would mix two models."""
     statuses = []
     for cell in cells:
@@ -79,7 +79,7 @@ def inspect(cells: Iterable[Cell], results_dir: str, model: Optional[str]) -> li
 
 
 def pending_cells(cells: Iterable[Cell], results_dir: str, model: Optional[str]) -> list[Cell]:
-    return [s.cell for s in inspect(cells, results_dir, model) if not s.done]
+    return [s.cell for s in cell_statuses(cells, results_dir, model) if not s.done]
 
 
 def has_checkpoint(run_dir: str) -> bool:
@@ -100,7 +100,7 @@ def run_sweep(cells: list[Cell], results_dir: str, launcher: Launcher, delete_ru
     """
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
     summary = SweepSummary()
-    statuses = inspect(cells, results_dir, launcher.model)
+    statuses = cell_statuses(cells, results_dir, launcher.model)
     todo = [s for s in statuses if not s.done]
     summary.skipped = [s.cell for s in statuses if s.done]
     runs = sum(s.cell.training_runs for s in todo)
@@ -111,11 +111,13 @@ def run_sweep(cells: list[Cell], results_dir: str, launcher: Launcher, delete_ru
             summary.redone.append((status.cell, status.problem))
             path = os.path.join(cell_dir(results_dir, status.cell), RESULT_FILE)
             os.replace(path, path + ".rejected")
-    bar = tqdm(todo, desc="smc-bench", unit="cell", dynamic_ncols=True)
-    for status in bar:
+    # Progress counts fine-tunings, so an LTH cell (1 + rounds of them) weighs what it costs.
+    bar = tqdm(total=runs, desc="smc-bench", unit="fine-tuning", dynamic_ncols=True)
+    for status in todo:
         cell = status.cell
         bar.set_postfix_str(str(cell))
         error = run_cell(cell, results_dir, launcher, delete_run_dirs)
+        bar.update(cell.training_runs)
         if error is None:
             summary.completed.append(cell)
             continue
