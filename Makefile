@@ -23,9 +23,10 @@ test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 demo: setup
-	$(BIN)/python run_glue_like.py --task mawps --fold 0 --model_name_or_path tiny-random \
-		--sparsity_method gmp --sparsity 0.5 --max_steps 60 --per_device_train_batch_size 16 \
-		--eval_strategy no --output_dir out/demo --overwrite_output_dir --report_to none
+	$(BIN)/python -m tasks.tiny --output out/tiny-roberta
+	$(BIN)/python run_glue_like.py --task mawps --fold 0 --model_name_or_path out/tiny-roberta \
+		--sparsity_method gmp --sparsity 0.5 --max_steps 100 --per_device_train_batch_size 16 \
+		--output_dir out/demo --report_to none
 	@echo "results: out/demo/all_results.json"
 
 bench: setup

@@ -81,6 +81,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     raw = task.load_raw(data_args, model_args.cache_dir)
     tokenizer = task.load_tokenizer(model_args)
     model = task.load_model(model_args, tokenizer, raw)
+    # Every task head averages its own loss and ignores the token count the Trainer would pass; saying so
+    # keeps the Trainer from rescaling the loss by the number of processes under DDP.
+    model.accepts_loss_kwargs = False
     processed = task.preprocess(raw, tokenizer, data_args, model)
     if "train" not in processed:
         raise ValueError(f"{task.name}: no training split (pass --train_file, --data_dir or --dataset_name)")

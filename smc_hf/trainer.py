@@ -51,7 +51,8 @@ class SparseTrainerMixin:
         return sparsity_report(self.model, masks=callback.masks, config=callback.config)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        logs.update(self.sparsity_callback.sparsity_logs())
+        # A new dict: `evaluate()` returns the one it logs, and its metrics should stay the model's own.
+        logs = {**logs, **self.sparsity_callback.sparsity_logs()}
         if self.sparsity_callback.method.num_rounds > 1:
             logs["sparsity/round"] = self.sparsity_callback.round
         super().log(logs, *args, **kwargs)

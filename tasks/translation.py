@@ -25,7 +25,7 @@ import glob
 import itertools
 import os
 import re
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 from datasets import Dataset, DatasetDict

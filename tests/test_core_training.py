@@ -93,6 +93,9 @@ def test_logs_carry_target_and_achieved_sparsity(tmp_path):
     trainer, _ = _train(tmp_path, cfg)
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged and all(h["sparsity/target"] == 0.5 and h["sparsity/achieved"] == 0.5 for h in logged)
+    metrics = trainer.evaluate(ToyClassification(n=8))
+    assert "eval_loss" in metrics and not any(k.startswith("sparsity/") for k in metrics)
+    assert trainer.state.log_history[-1]["sparsity/achieved"] == 0.5
     stock, _ = _train(tmp_path / "stock", cfg, trainer_cls=Trainer)
     assert [h for h in stock.state.log_history if "loss" in h][0]["sparsity/achieved"] == 0.5
 
