@@ -22,13 +22,14 @@ import gc
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rss import reset_peak, status_bytes  # noqa: E402
 
 #: name -> (hidden size, layers); 12 h^2 weights per layer.
 SIZES = {
@@ -37,6 +38,7 @@ SIZES = {
 }
 FULL = ["10M", "30M", "100M", "300M", "600M", "1B"]
 QUICK = ["1M", "3M", "10M"]
+
 SPARSITY = 0.9
 _GIB = 2**30
 
@@ -47,31 +49,17 @@ def weights_of(size: str) -> int:
 
 
 # -- worker (one size, one process) ---------------------------------------------------------------------
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", handle.read(), re.M).group(1))
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _measure(fn):
     """(seconds, peak RSS rise in bytes) of fn()."""
     gc.collect()
-    resettable = _reset_peak()
-    before = _status_kib("VmRSS")
+    resettable = reset_peak()
+    before = status_bytes("VmRSS")
     start = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM") if resettable else before
+    peak = status_bytes("VmHWM") if resettable else before
     del result
-    return seconds, max(peak - before, 0) * 1024
+    return seconds, max(peak - before, 0)
 
 
 def build_model(hidden: int, layers: int):
@@ -109,12 +97,12 @@ def worker(size: str, repeats: int, baseline: bool, threads: int) -> dict:
         torch.set_num_threads(threads)
 
     hidden, layers = SIZES[size]
-    rss0 = _status_kib("VmRSS") * 1024
+    rss0 = status_bytes("VmRSS")
     model = build_model(hidden, layers)
     fill(model)
     config = SparsityConfig(method="omp", sparsity=SPARSITY, distribution="global")
     out = {"size": size, "weights": weights_of(size), "hidden": hidden, "layers": layers,
-           "model_bytes": _status_kib("VmRSS") * 1024 - rss0, "threads": torch.get_num_threads()}
+           "model_bytes": status_bytes("VmRSS") - rss0, "threads": torch.get_num_threads()}
     times, peaks = [], []
     for r in range(repeats):
         if r:

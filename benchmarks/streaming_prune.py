@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,32 +25,9 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from rss import peak_rss, reset_peak, status_bytes  # noqa: E402
+
 SPARSITY = 0.5
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM), so the peak of the job excludes import spikes."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    try:
-        return _status("VmHWM")
-    except (OSError, KeyError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def generate(folder: str, quick: bool) -> dict:
@@ -118,8 +94,8 @@ def child(mode: str, source: str, target: str, threads: int) -> None:
     import gc
 
     gc.collect()
-    _reset_peak()
-    floor = _status("VmRSS")
+    reset_peak()
+    floor = status_bytes("VmRSS")
     start = time.perf_counter()
     if mode == "copy":
         os.makedirs(target)
@@ -133,7 +109,7 @@ def child(mode: str, source: str, target: str, threads: int) -> None:
                                             progress=False)
         result = {"pruned": report.zeros, "selected": report.numel}
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "peak_rss": _peak_rss(), "floor_rss": floor, **result}), flush=True)
+    print(json.dumps({"seconds": seconds, "peak_rss": peak_rss(), "floor_rss": floor, **result}), flush=True)
 
 
 def run_child(mode: str, source: str, target: str, threads: int) -> dict:
