@@ -68,11 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", required=True, help="results directory (one folder per cell)")
     run.add_argument("--entry", help="entry script (default: run_glue_like.py at the repository root)")
     run.add_argument("--task-args", action="append", default=[], metavar="TASK=ARGS",
-                     help="extra arguments for one task's runs, e.g. svamp='--data_dir data/arithmetic'")
+                     help="extra arguments for one task's runs: --task-args=svamp='--data_dir data/arithmetic'")
     run.add_argument("--no-dense", action="store_true", help="do not add the dense baseline cells")
     run.add_argument("--accelerate", action="store_true", help="start each run with `accelerate launch`")
     run.add_argument("--accelerate-args", default="",
-                     help="arguments for `accelerate launch`, e.g. '--num_processes 4'")
+                     help="arguments for `accelerate launch`, e.g. --accelerate-args='--num_processes 4'")
     run.add_argument("--print-commands", action="store_true",
                      help="print one `smc-bench run` line per pending cell (for a cluster job array) and exit")
     run.add_argument("--delete-run-dirs", action="store_true",
