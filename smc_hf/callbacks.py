@@ -19,7 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import distributed
 from .config import SparsityConfig
 from .context import PruneContext
-from .masks import MASKS_FILE, MaskSet
+from .masks import MASKS_FILE, MaskSet, preserves_zeros
 from .methods import SparsityMethod, build_method
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ class SparsityCallback(TrainerCallback, ExportableState):
         self.step = 0
         #: Set by SparseTrainer, which runs the rounds of multi-round methods.
         self.rounds_driver = False
+        #: `masks.version` when weights and optimizer state were last masked.
+        self._applied_version = -1
         #: Checkpoint folder to read masks from when resuming (SparseTrainer resolves it).
         self.resume_dir: Optional[str] = None
         #: The fp16 loss scale before the current optimizer step, to recognise a skipped step by its back-off.
@@ -144,6 +146,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
                 self.step = 0
                 self.method.on_round_begin(self.context(args, state, model, optimizer, train_dataloader))
         self.masks.apply(optimizer)
+        self._applied_version = self.masks.version
 
     def _overrides(self, event: str) -> bool:
         """Whether the method acts on `event`: sharded weights are gathered only for events that can use them."""
@@ -166,7 +169,13 @@ class SparsityCallback(TrainerCallback, ExportableState):
                 self.method.after_optimizer_step(
                     self.context(args, state, model, optimizer, kwargs.get("train_dataloader"))
                 )
-        self.masks.apply(optimizer)
+        # Pruned weights and their optimizer state are zeroed here. With an elementwise optimizer they are
+        # already zero (their gradients were masked), so the pass runs only when masks changed: it is most
+        # of the cost of mask upkeep on a memory-bound CPU step.
+        if (self.masks.version != self._applied_version or self.masks.placement is not None
+                or not preserves_zeros(optimizer)):
+            self.masks.apply(optimizer)
+            self._applied_version = self.masks.version
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         with distributed.mask_update(self.masks, full=self._overrides("on_round_end")):

@@ -36,6 +36,19 @@ def unwrap_optimizer(optimizer):
     return optimizer
 
 
+#: torch optimizers whose update of a weight reads only that weight, its gradient and its own state. A
+#: masked (zero) gradient on a zero weight with zero state leaves all three exactly zero (weight decay
+#: multiplies zero), so with gradients masked before every step their post-step masking is needed only
+#: when masks change. Optimizers that mix entries (Muon, Shampoo, ...) are not listed and get it every step.
+ELEMENTWISE_OPTIMIZERS = frozenset({"SGD", "Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop"})
+
+
+def preserves_zeros(optimizer) -> bool:
+    inner = unwrap_optimizer(optimizer)
+    cls = type(inner)
+    return cls.__module__.startswith("torch.optim") and cls.__name__ in ELEMENTWISE_OPTIMIZERS
+
+
 class MaskSet:
     """Keep-masks for a fixed, ordered set of named parameters."""
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from smc_hf import SparseTrainer, SparsityCallback, SparsityConfig, prune_model, sparsity_report
 from tests.helpers import ToyClassification, tiny_roberta, training_args
@@ -213,3 +213,52 @@ def test_report_measures_the_weights_not_the_masks():
     row = next(m for m in report.modules if m.name == name)
     assert row.achieved == 1.0 and row.target < 1.0
     assert report.to_dict()["modules"][name]["zeros"] == masks.params[name].numel()
+
+
+class _CheckEveryStep(TrainerCallback):
+    """Asserts after every optimizer step that pruned weights and their optimizer state are exactly zero."""
+
+    def __init__(self, sparsity_callback):
+        self.sparsity_callback, self.checked = sparsity_callback, 0
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        masks = self.sparsity_callback.masks
+        if masks.is_dense:
+            return
+        opt_state = getattr(optimizer, "optimizer", optimizer).state
+        for name, mask in masks.masks.items():
+            param = masks.params[name]
+            assert bool((param.data[~mask] == 0).all()), f"step {state.global_step + 1}: {name}"
+            for value in opt_state.get(param, {}).values():
+                if torch.is_tensor(value) and value.shape == mask.shape:
+                    assert bool((value[~mask] == 0).all())
+        self.checked += 1
+
+
+class _MixingSGD(torch.optim.Optimizer):
+    """Not elementwise: every weight moves by the mean gradient of its tensor (as Muon/Shampoo mix entries)."""
+
+    def __init__(self, params, lr=0.01):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad.mean() + p.grad, alpha=-group["lr"])
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "mixing"])
+def test_pruned_weights_and_state_are_zero_after_every_single_step(tmp_path, optimizer):
+    cfg = SparsityConfig(method="gmp", sparsity=0.6, update_every=1)
+    sparsity_cb = SparsityCallback(cfg)
+    checker = _CheckEveryStep(sparsity_cb)
+    model = tiny_roberta()
+    kwargs = {}
+    if optimizer == "mixing":
+        kwargs["optimizers"] = (_MixingSGD(model.parameters()), None)
+    trainer = Trainer(model=model, args=training_args(tmp_path), train_dataset=ToyClassification(),
+                      callbacks=[sparsity_cb, checker], **kwargs)
+    trainer.train()
+    assert checker.checked >= 8  # every step once the first GMP event pruned
