@@ -51,8 +51,8 @@ def plot_task(groups: Iterable[GroupStats], task: str, path: str) -> str:
     ax.set_ylabel(metric_label(rows[0].metric_name))
     models = sorted({m for g in rows for m in g.models if m})
     title = dataset_title(task)
-    if len(models) == 1:
-        title += f" — {os.path.basename(models[0].rstrip('/'))}"
+    if len(models) == 1:  # a Hub id as is, a local folder by its last two components
+        title += f" — {'/'.join(models[0].rstrip('/').split('/')[-2:])}"
     ax.set_title(title, fontsize=13, fontweight="bold")
     ax.grid(True, color="#dddddd", linewidth=0.8)
     ax.set_axisbelow(True)

@@ -150,8 +150,8 @@ def markdown(groups: list[GroupStats], tolerance: float = 1.0, problems: Iterabl
         models = sorted({m for g in rows for m in g.models})
         dense = dense_baseline(groups, task)
         lines += [f"## {dataset_title(task)} (`{task}`)", ""]
-        spread = "mean ± sample std" if n_expected > 1 else "one seed"
-        lines += [f"{metric_label(rows[0].metric_name)}, {spread} over {n_expected} seed(s) per cell; "
+        spread = f"mean ± sample std over {n_expected} seeds" if n_expected > 1 else "one seed"
+        lines += [f"{metric_label(rows[0].metric_name)}, {spread} per cell; "
                   f"model: {', '.join(f'`{m}`' for m in models) or 'the task default'}.", ""]
         header = ["method", "dense"] + [format_sparsity(s) for s in sparsities]
         header.append(f"max sparsity within {tolerance:g} pt of dense")
