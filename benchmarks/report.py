@@ -23,7 +23,7 @@ from typing import Any, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 #: Report order; other scripts found in benchmarks/ follow.
-BENCHMARKS = ["overhead", "algorithms", "streaming_prune", "compressed_size", "scaling"]
+BENCHMARKS = ["overhead", "distributed_overhead", "algorithms", "streaming_prune", "compressed_size", "scaling"]
 _OUTPUT_TAIL = 40
 _HELP_TIMEOUT_S = 120
 
@@ -39,9 +39,15 @@ class Outcome:
     detail: str = ""
 
 
+def is_benchmark(path: str) -> bool:
+    """A script with a `__main__` block; helper modules (rss.py) have none."""
+    with open(path, encoding="utf-8") as handle:
+        return 'if __name__ == "__main__"' in handle.read()
+
+
 def discover(folder: str, only: Optional[list[str]]) -> list[str]:
     found = sorted(f[:-3] for f in os.listdir(folder)
-                   if f.endswith(".py") and f != "report.py" and not f.startswith("_"))
+                   if f.endswith(".py") and f != "report.py" and is_benchmark(os.path.join(folder, f)))
     names = BENCHMARKS + [n for n in found if n not in BENCHMARKS]
     if only:
         unknown = [n for n in only if n not in names]

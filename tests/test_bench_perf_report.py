@@ -34,14 +34,16 @@ def test_report_gathers_figures_and_names_missing_and_broken_benchmarks(tmp_path
     (bench / "overhead.py").write_text(FOLLOWS)
     (bench / "compressed_size.py").write_text(NO_JSON)
     (bench / "scaling.py").write_text(BROKEN)
-    (bench / "extra_one.py").write_text(FOLLOWS)
+    (bench / "extra_one.py").write_text(FOLLOWS + 'if __name__ == "__main__":\n    pass\n')
+    (bench / "helper.py").write_text("def shared():\n    return 1\n")  # no __main__ block: not a benchmark
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "report.py"), "--quick",
                            "--benchmarks-dir", str(bench), "--output", str(out), "--threads", "1"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     outcomes = {o["name"]: o for o in json.loads((out / "REPORT.json").read_text())["outcomes"]}
-    assert list(outcomes) == ["overhead", "algorithms", "streaming_prune", "compressed_size", "scaling", "extra_one"]
+    assert list(outcomes) == ["overhead", "distributed_overhead", "algorithms", "streaming_prune", "compressed_size",
+                              "scaling", "extra_one"]
     assert outcomes["overhead"]["status"] == "ok" and outcomes["overhead"]["figures"]["quick"] is True
     assert outcomes["overhead"]["figures"]["threads"] == "1"
     assert "--quick" in outcomes["overhead"]["command"] and "--json" in outcomes["overhead"]["command"]
