@@ -258,6 +258,10 @@ def test_accelerate_launch_command(fake, tmp_path):
         "--seed", "2", "--output_dir", "out/run", "--fold", "1", "--max_steps", "2", "--resume_from_checkpoint", "True"]
     line = shlex.split(launcher.cell_line(cell, "res"))
     assert line[line.index("--accelerate-args") + 1] == "--num_processes 2" and line[-3:] == ["--", "--max_steps", "2"]
+    own, rest = cli._split_passthrough(["run", "--accelerate-args", "--cpu", "--task-args", "toy=--fold 1", "--",
+                                        "--accelerate-args", "x"])
+    opts = cli.build_parser().parse_args(own + ["--tasks", "toy", "--methods", "gmp", "--output", "o"])
+    assert opts.accelerate_args == "--cpu" and opts.task_args == ["toy=--fold 1"] and rest == ["--accelerate-args", "x"]
 
 
 def test_bad_input_fails_before_any_run(fake, tmp_path, capsys):

@@ -18,11 +18,22 @@ import sys
 from typing import Optional
 
 
+_VALUES_OF_OTHER_COMMANDS = ("--task-args", "--accelerate-args")
+
+
 def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
+    """Our arguments and those after `--`; values of the options above are bound with `=`, since argparse
+    would take a value such as `--cpu` for an option of its own."""
+    own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    bound, i = [], 0
+    while i < len(own):
+        if own[i] in _VALUES_OF_OTHER_COMMANDS and i + 1 < len(own):
+            bound.append(f"{own[i]}={own[i + 1]}")
+            i += 2
+        else:
+            bound.append(own[i])
+            i += 1
+    return bound, rest
 
 
 def _task_args(items: list[str], tasks: list[str]) -> dict[str, list[str]]:
