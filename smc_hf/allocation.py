@@ -24,13 +24,18 @@ DISTRIBUTIONS: Registry[Distribution] = Registry("distribution")
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
-def ordered_keys(scores: torch.Tensor) -> torch.Tensor:
-    """int32 keys whose order equals the float order of `scores` (a monotone view of IEEE-754 floats)."""
+def ordered_keys(scores: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """int32 keys whose order equals the float order of `scores` (a monotone view of IEEE-754 floats).
+
+    `inplace` writes the keys into the storage of a float32 contiguous `scores` (which is then garbage as
+    floats), so that converting all scores at once costs no second copy.
+    """
     scores = scores.detach().float().contiguous()
     if torch.isnan(scores).any():
         raise ValueError("scores contain NaN: the weights or gradients they came from are not finite")
     bits = scores.view(torch.int32)
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    flip = (bits >> 31) & 0x7FFFFFFF
+    return bits.bitwise_xor_(flip) if inplace else bits ^ flip
 
 
 def kth_smallest_key(count_le: Callable[[int], int], k: int) -> int:
@@ -80,7 +85,7 @@ def uniform(scores: dict[str, torch.Tensor], sparsity: float, **_) -> dict[str, 
 
 @DISTRIBUTIONS.register("global")
 def global_(scores: dict[str, torch.Tensor], sparsity: float, **_) -> dict[str, torch.Tensor]:
-    keys = [ordered_keys(s) for s in scores.values()]
+    keys = [ordered_keys(s, inplace=True) for s in scores.values()]  # all layers at once: no second copy
     k = round(sparsity * sum(t.numel() for t in keys))
     return dict(zip(scores, prune_lowest(keys, k)))
 
@@ -120,5 +125,9 @@ def erk(scores: dict[str, torch.Tensor], sparsity: float, erk_power_scale: float
 
 
 def allocate(scores: dict[str, torch.Tensor], sparsity: float, distribution: str, **kwargs) -> dict[str, torch.Tensor]:
-    """Keep-masks for `scores` at `sparsity` spread by the named distribution."""
+    """Keep-masks for `scores` at `sparsity` spread by the named distribution.
+
+    Consumes `scores`: the global distribution turns them into sort keys in place, to keep its peak memory
+    at one score per weight; pass copies to keep them.
+    """
     return DISTRIBUTIONS.get(distribution)(scores, sparsity, **kwargs)

@@ -79,3 +79,14 @@ def test_erk_masks_match_the_counts():
 def test_bad_prune_count_is_rejected():
     with pytest.raises(ValueError, match="cannot prune 7 of 6"):
         prune_lowest([torch.zeros(6, dtype=torch.int32)], 7)
+
+
+def test_global_allocation_reuses_the_score_storage_and_matches_the_copying_path():
+    scores = _scores(seed=3)
+    copies = {n: s.clone() for n, s in scores.items()}
+    total = sum(s.numel() for s in copies.values())
+    expected = dict(zip(copies, prune_lowest([ordered_keys(s) for s in copies.values()], round(0.7 * total))))
+    masks = allocate(scores, 0.7, "global")
+    assert all(torch.equal(masks[n], expected[n]) for n in masks)
+    assert torch.equal(scores["a"].view(torch.int32), ordered_keys(copies["a"]))  # the storage now holds keys
+    assert torch.equal(ordered_keys(copies["b"]), ordered_keys(copies["b"].clone(), inplace=True))
