@@ -69,7 +69,7 @@ def check_method(config: SparsityConfig, options: PruneCheckpointArguments) -> N
     from .methods import METHODS
 
     method = METHODS.get(config.method)
-    if not method.one_shot_capable and config.method not in ("dense", "fixed"):
+    if not method.one_shot_capable:
         raise ValueError(f"method {config.method!r} needs training; smc-prune runs one-shot methods "
                          f"({', '.join(n for n in METHODS.names() if METHODS.get(n).one_shot_capable)})")
     if method.needs_data and not (options.calibration_task or options.calibration_file):

@@ -18,12 +18,8 @@ def prune_model(model: nn.Module, config: SparsityConfig, dataloader: Optional[I
     `dataloader` supplies calibration batches for gradient-based criteria (SNIP, oBERT).
     """
     method = build_method(config)
-    if not method.one_shot_capable and config.method not in ("dense", "fixed"):
-        method.one_shot(None)  # raises the method's own explanation
     masks = MaskSet.for_model(model, targets=config.targets, ignore=config.ignore)
     seed = config.mask_seed if config.mask_seed is not None else 0
-    ctx = PruneContext(model=model, masks=masks, seed=seed, dataloader=dataloader)
-    if config.method != "dense":
-        method.one_shot(ctx)
+    method.one_shot(PruneContext(model=model, masks=masks, seed=seed, dataloader=dataloader))
     masks.apply_to_weights()
     return masks

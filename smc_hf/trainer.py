@@ -46,8 +46,6 @@ class SparseTrainerMixin:
 
     def sparsity_report(self) -> SparsityReport:
         callback = self.sparsity_callback
-        if callback.masks is None:
-            return sparsity_report(self.model, config=callback.config)
         return sparsity_report(self.model, masks=callback.masks, config=callback.config)
 
     def log(self, logs: dict, *args, **kwargs) -> None:

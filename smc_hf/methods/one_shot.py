@@ -19,6 +19,10 @@ class Dense(SparsityMethod):
     """No pruning: the benchmark's dense baseline, through the same code path."""
 
     timing = "none"
+    one_shot_capable = True
+
+    def one_shot(self, ctx: PruneContext) -> None:
+        """Nothing to prune."""
 
     @classmethod
     def validate(cls, config) -> None:
@@ -31,6 +35,7 @@ class Fixed(SparsityMethod):
     """Keep an existing mask: the one saved beside a sparse checkpoint, else the zeros of the weights."""
 
     timing = "none"
+    one_shot_capable = True
 
     @classmethod
     def validate(cls, config) -> None:
