@@ -8,8 +8,10 @@ Arguments: model (`tasks.ModelArguments`), data (`tasks.DataArguments`), sparsit
 `Seq2SeqTrainingArguments`, or one JSON file holding them all. Training arguments the command leaves out take the
 task's paper defaults (`training_defaults` in its module). The same command runs under `accelerate launch`.
 
-Writes `all_results.json` in `--output_dir`: task, primary metric (accuracies in percent, BLEU), all evaluation
-metrics, achieved sparsity per module and overall, the sparsity config, checkpoint, seed and training time.
+Writes `all_results.json` in `--output_dir`: task, the reported metric (accuracies in percent, BLEU) and its rule
+(`best`: the paper's best evaluation over training, the checkpoint the run saved; `final`), the final metric beside
+it, all evaluation metrics (`eval_*` final, `best_eval_*` best, with `final_step` and `best_step`), achieved
+sparsity per module and overall, the sparsity config, checkpoint, seed and training time.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 
 from smc_hf import SparseSeq2SeqTrainer, SparseTrainer, SparsityConfig
 from tasks import DataArguments, ModelArguments, get_task
+from tasks.reporting import summarise
 
 logger = logging.getLogger("run_glue_like")
 
 PARSED = (ModelArguments, DataArguments, SparsityConfig, Seq2SeqTrainingArguments)
 
 
-def _given(argv: list[str], key: str) -> bool:
-    return any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in argv)
+def _given_keys(argv: list[str]) -> set[str]:
+    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
 
 
 def _task_name(argv: list[str]) -> Optional[str]:
@@ -61,14 +64,12 @@ def parse_args(argv: list[str]):
     if len(argv) == 1 and argv[0].endswith(".json"):
         with open(argv[0], encoding="utf-8") as handle:
             values = json.load(handle)
-        for key, value in get_task(values["task"]).training_defaults.items():
-            values.setdefault(key, value)
+        values.update(get_task(values["task"]).default_training_arguments(given=values))
         return parser.parse_dict(values)
     name = _task_name(argv)
     if name is not None:
-        for key, value in get_task(name).training_defaults.items():
-            if not _given(argv, key):
-                argv = argv + [f"--{key}", str(value)]
+        for key, value in get_task(name).default_training_arguments(given=_given_keys(argv)).items():
+            argv = argv + [f"--{key}", str(value)]
     return parser.parse_args_into_dataclasses(args=argv)
 
 
@@ -77,6 +78,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
     task = get_task(data_args.task)
+    task.check_model_arguments(model_args)
 
     raw = task.load_raw(data_args, model_args.cache_dir)
     tokenizer = task.load_tokenizer(model_args)
@@ -84,6 +86,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     # Every task head averages its own loss and ignores the token count the Trainer would pass; saying so
     # keeps the Trainer from rescaling the loss by the number of processes under DDP.
     model.accepts_loss_kwargs = False
+    selection = task.sparsity_selection(model_args)
+    if selection is not None and not sparsity.targets and getattr(sparsity, "selection", "default") == "default":
+        sparsity = dataclasses.replace(sparsity, targets=selection[0], ignore=(sparsity.ignore or []) + selection[1])
     processed = task.preprocess(raw, tokenizer, data_args, model)
     if "train" not in processed:
         raise ValueError(f"{task.name}: no training split (pass --train_file, --data_dir or --dataset_name)")
@@ -109,13 +114,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     resume = resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
     train_output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
-    metrics = task.evaluate(trainer, eval_sets)
+    trainer.save_state()  # trainer_state.json: every logged evaluation, the best step and checkpoint
+    reported = summarise(task, trainer, task.evaluate(trainer, eval_sets), eval_sets)
 
     results = {
         "task": task.name,
         "metric_name": task.metric_name,
-        "metric": task.primary_metric(metrics),
-        "metrics": metrics,
+        **reported,
         "sparsity": trainer.sparsity_report().to_dict(),
         "sparsity_config": dataclasses.asdict(trainer.sparsity_config),
         "model_name_or_path": task.checkpoint(model_args),

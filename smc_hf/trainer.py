@@ -14,6 +14,7 @@ from typing import Optional
 from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
+from .best_model import BestAtSparsityCallback
 from .callbacks import SparsityCallback
 from .checkpoint import load_masks, load_weights, write_sparse_artifacts
 from .config import SparsityConfig
@@ -35,6 +36,7 @@ class SparseTrainerMixin:
             self.callback_handler.callbacks.remove(callback)
         # First in line, so loggers called after it see the sparsity keys it adds.
         self.callback_handler.callbacks.insert(0, callback)
+        self.add_callback(BestAtSparsityCallback(callback))
 
     @property
     def sparsity_callback(self) -> SparsityCallback:

@@ -4,16 +4,23 @@ Data: the SVAMP release's CSVs (`../shared/data/arithmetic`, columns Question, N
 its README), read with `--data_dir` (the release root, a fold directory, or a directory with train.csv/dev.csv)
 or `--train_file/--validation_file`; without either, `../shared/data/arithmetic` beside the checkout. No Hub copy in this format exists, so there is no Hub path.
 
-Model: `ArithmeticSolver` (a pre-trained encoder, RoBERTa-base in the paper, plus a prefix-equation decoder).
+Model: `ArithmeticSolver` (a pre-trained encoder, RoBERTa-base in the paper, plus a prefix-equation decoder). The
+paper's solvers are GTS (BiLSTM + goal-driven tree decoder) and Graph2Tree (GTS plus a graph encoder over
+quantities); neither is here yet: half of the paper's arithmetic panels (Graph2Tree) have no counterpart.
 Metric: answer accuracy as the GTS code scores it: the predicted expression, evaluated with the problem's
 numbers, within 1e-4 of the gold expression's value (Answer only where the gold expression cannot be evaluated;
-Answer is rounded in a few rows, 3 of the 384 MAWPS fold-0 dev problems), with equation exact-match beside it. One run is one fold; the benchmark's score is the mean over
-folds 0-4 (`cross_validation_mean`).
+Answer is rounded in a few rows, 3 of the 384 MAWPS fold-0 dev problems), with equation exact-match beside it.
+
+Protocol as the paper's: every epoch is evaluated on the dev split (which is the test split, as in the SVAMP code)
+and the best epoch is reported (`select_best_on`), the final epoch beside it. One run is one fold; the 5-fold score
+pools the folds: correct answers of each fold's best epoch summed over all dev problems (`cross_validation_score`,
+`tasks.metrics.pool_folds`). Pruned: every 2-D weight of the solver, embedding tables included, as GTS's code does
+(`--prune_embeddings False` keeps the embeddings dense, like Graph2Tree's `--noembed`).
 
 Paper hyper-parameters (GTS, spec section 2.2): 50 epochs, batch 4 (8 for SVAMP), Adam with weight decay 1e-5,
-lr 8e-6 for the RoBERTa encoder and 1e-3 for the decoder (`--head_learning_rate`). Deviations: the paper's
-StepLR (halve every 20 epochs) is replaced by a constant rate, beam 5 by constrained greedy decoding, and the
-reported number is the final evaluation rather than the best epoch (which selects on the test split).
+lr 8e-6 for the RoBERTa encoder and 1e-3 for the decoder (`--head_learning_rate`), dropout 0.5 in the parts the
+solver adds (`--dropout`; RoBERTa keeps its own 0.1). Deviations: the paper's StepLR (halve every 20 epochs) is
+replaced by a constant rate, beam 5 by constrained greedy decoding, the tree decoder by a sequence decoder.
 """
 
 from __future__ import annotations
@@ -32,13 +39,16 @@ from datasets import Dataset, DatasetDict
 
 from .arithmetic_model import ArithmeticSolver, ArithmeticSolverConfig
 from .base import DataArguments, DataError, ModelArguments, TaskDefinition, truncate
-from .metrics import answer_accuracy
+from .metrics import answer_accuracy, answer_hits, pool_folds
 from .prefix_expr import NUMBER_TOKEN, OPERATORS, evaluate_prefix
 
 REQUIRED_COLUMNS = ("Question", "Numbers", "Equation", "Answer")
 NUMBER_TOKEN_IN_TEXT = re.compile(r"number(\d+)")
 #: Where the data lies beside a checkout (`../shared/data/arithmetic`), used when no --data_dir is given.
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "arithmetic")
+#: Embedding tables by name (encoder `embeddings.*`, decoder `token_embed`/`pos_embed`); Graph2Tree's `--noembed`
+#: likewise removed every name containing "embeddings".
+EMBEDDING_NAMES = r"embed"
 CONSTANT_MIN_COUNT = 5  # GTS: constants in at least 5 training equations become output tokens
 
 
@@ -88,15 +98,24 @@ def gold_value(equation: list[str], numbers: list[float], answer: float) -> floa
     return answer if value is None else value
 
 
-def cross_validation_mean(result_files: list[str]) -> float:
-    """Mean primary metric over per-fold `all_results.json` files (the benchmark's 5-fold score)."""
-    values = []
+def fold_counts(result: dict[str, Any], where: str = "all_results.json") -> tuple[int, int]:
+    """(correct answers, dev problems) of one fold's `all_results.json`, at the checkpoint the figure reports."""
+    prefix = "best_" if result.get("metric_rule") == "best" else ""
+    metrics = result.get("metrics", {})
+    keys = (f"{prefix}eval_answer_correct", f"{prefix}eval_examples")
+    missing = [k for k in keys if k not in metrics]
+    if missing:
+        raise ValueError(f"{where}: no {missing} in 'metrics'; was it written by an arithmetic run of this version?")
+    return int(metrics[keys[0]]), int(metrics[keys[1]])
+
+
+def cross_validation_score(result_files: list[str]) -> float:
+    """The paper's 5-fold score from per-fold `all_results.json` files: pooled correct answers over all dev problems."""
+    counts = []
     for path in result_files:
         with open(path, encoding="utf-8") as handle:
-            values.append(float(json.load(handle)["metric"]))
-    if not values:
-        raise ValueError("cross_validation_mean needs at least one all_results.json")
-    return float(np.mean(values))
+            counts.append(fold_counts(json.load(handle), path))
+    return pool_folds(counts)
 
 
 @dataclass
@@ -128,7 +147,9 @@ class ArithmeticTask(TaskDefinition):
     default_model = "roberta-base"
     auto_model = "ArithmeticSolver (AutoModel encoder + prefix-equation decoder)"
     metric_name = "answer_accuracy"
+    select_best_on = "answer_accuracy"
     default_max_seq_length = 256
+    default_dropout = 0.5  # GTS
     default_head_learning_rate = 1e-3
     subdir = ""
     folds = True
@@ -164,11 +185,18 @@ class ArithmeticTask(TaskDefinition):
         if os.path.isfile(config_file):
             with open(config_file, encoding="utf-8") as handle:
                 if json.load(handle).get("model_type") == ArithmeticSolverConfig.model_type:
-                    return ArithmeticSolver.from_pretrained(path)
+                    overrides = {} if model.dropout is None else {"decoder_dropout": model.dropout}
+                    return ArithmeticSolver.from_pretrained(path, **overrides)
         if "train" not in raw:
             raise DataError(f"{self.name}: a new solver needs a training split to fix its output vocabulary")
         fixed = list(OPERATORS[:4]) + output_constants(raw["train"]["equation"])
-        return ArithmeticSolver.from_encoder(path, fixed, cache_dir=model.cache_dir)
+        dropout = self.default_dropout if model.dropout is None else model.dropout
+        return ArithmeticSolver.from_encoder(path, fixed, cache_dir=model.cache_dir, decoder_dropout=dropout)
+
+    def sparsity_selection(self, model_args: ModelArguments):
+        """Every 2-D weight (GTS's rule: all weight matrices of all modules); without embeddings on request."""
+        keep_embeddings = model_args.prune_embeddings is False
+        return ["."], [EMBEDDING_NAMES] if keep_embeddings else []
 
     def preprocess(self, raw: DatasetDict, tokenizer, data: DataArguments, model) -> DatasetDict:
         if not getattr(tokenizer, "is_fast", False):
@@ -216,7 +244,8 @@ class ArithmeticTask(TaskDefinition):
             predictions = predictions[0] if isinstance(predictions, tuple) else predictions
             expressions = [[vocab[i] for i in row if i >= 0] for row in predictions]
             exact = np.mean([e == g for e, g in zip(expressions, gold)]) * 100.0
-            return {"answer_accuracy": answer_accuracy(expressions, numbers, targets), "equation_accuracy": float(exact)}
+            return {"answer_accuracy": answer_accuracy(expressions, numbers, targets), "equation_accuracy": float(exact),
+                    "answer_correct": answer_hits(expressions, numbers, targets), "examples": len(targets)}
 
         return compute
 

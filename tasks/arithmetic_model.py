@@ -35,7 +35,7 @@ class ArithmeticSolverConfig(PretrainedConfig):
         decoder_hidden: int = 256,
         decoder_layers: int = 2,
         decoder_heads: int = 4,
-        decoder_dropout: float = 0.1,
+        decoder_dropout: float = 0.5,  # GTS
         max_output_length: int = 20,
         **kwargs,
     ):

@@ -10,9 +10,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+
+#: Training arguments that, when a command sets one, leave the whole model selection to the command.
+SELECTION_SWITCHES = ("eval_strategy", "save_strategy", "load_best_model_at_end")
+
+#: ModelArguments fields that only one task family reads.
+FAMILY_OPTIONS = {"prune_embeddings": "arithmetic", "classifier_head": "protein"}
 
 
 class DataError(ValueError):
@@ -32,6 +39,21 @@ class ModelArguments:
         default=None,
         metadata={"help": "Learning rate of the newly initialised parts (task head, arithmetic decoder); "
                   "default: the task's, or --learning_rate when the task has none."},
+    )
+    dropout: Optional[float] = field(
+        default=None,
+        metadata={"help": "Dropout of the task model (default: the task's: 0.5 in the arithmetic decoder as GTS, "
+                  "0.3 in translation as fairseq's mBART recipe; the checkpoint's own elsewhere)."},
+    )
+    prune_embeddings: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Arithmetic only: prune the embedding tables with the other 2-D weights, as GTS did "
+                  "(default True); False keeps the encoder's embeddings dense. --sparsity_targets overrides it."},
+    )
+    classifier_head: Optional[str] = field(
+        default=None,
+        metadata={"help": "Protein only: 'mean_mlp' (default, the release: mean over residues, "
+                  "Linear-LayerNorm-ReLU-Linear) or 'cls' (transformers' <cls>-token dense+tanh head)."},
     )
 
 
@@ -98,6 +120,10 @@ class TaskDefinition(ABC):
       auto_model: the `AutoModelFor...` class name of the head.
       metric_name: primary metric key in `compute_metrics` output (accuracies are in percent).
       training_defaults: the paper's hyper-parameters as `TrainingArguments` values, applied unless given.
+      select_best_on: the paper's model selection: evaluate and save every epoch and load, at the end of each
+        training round, the checkpoint with the best value of this metric key (as `metric_for_best_model`
+        reads it), so the reported figure is the best evaluation and the after-training methods and LTH prune
+        the best checkpoint of the previous round. None: the final evaluation is reported.
       seq2seq: whether the trainer must generate (translation).
     """
 
@@ -109,9 +135,23 @@ class TaskDefinition(ABC):
     auto_model: str = ""
     metric_name: str = "accuracy"
     training_defaults: dict[str, Any] = {}
+    select_best_on: Optional[str] = None
     seq2seq: bool = False
     default_max_seq_length: int = 128
     default_head_learning_rate: Optional[float] = None
+
+    def default_training_arguments(self, given: Iterable[str] = ()) -> dict[str, Any]:
+        """`training_defaults` plus the model selection of `select_best_on`, without the keys in `given`.
+
+        The selection is one unit (`load_best_model_at_end` needs matching eval and save strategies): a command
+        that sets any of `SELECTION_SWITCHES` owns the evaluation protocol and gets none of it by default.
+        """
+        given = set(given)
+        defaults = dict(self.training_defaults)
+        if self.select_best_on and not given & set(SELECTION_SWITCHES):
+            defaults.update({"eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
+                             "metric_for_best_model": self.select_best_on, "save_total_limit": 1})
+        return {key: value for key, value in defaults.items() if key not in given}
 
     @abstractmethod
     def load_raw(self, data: DataArguments, cache_dir: Optional[str] = None) -> DatasetDict:
@@ -141,6 +181,17 @@ class TaskDefinition(ABC):
     def compute_metrics(self, tokenizer, raw_eval: Dataset, model) -> Callable:
         """A `compute_metrics` for the trainer; `raw_eval` is the evaluation split in its original order."""
 
+    def sparsity_selection(self, model_args: ModelArguments) -> Optional[tuple[list[str], list[str]]]:
+        """(targets, ignore) regexes the task prunes by default when the command gives no `--sparsity_targets`;
+        None keeps the library's default selection (the backbone's Linear layers)."""
+        return None
+
+    def check_model_arguments(self, model_args: ModelArguments) -> None:
+        """A task option given to a task family that does not read it is an error, not silently ignored."""
+        for option, family in FAMILY_OPTIONS.items():
+            if getattr(model_args, option) is not None and self.family != family:
+                raise ValueError(f"{self.name}: --{option} applies to the {family} tasks only; leave it out here")
+
     def head_parameter_prefixes(self, model) -> tuple[str, ...]:
         """Parameter-name prefixes trained at the head learning rate (newly initialised parts)."""
         return ()
@@ -155,11 +206,16 @@ class TaskDefinition(ABC):
                                                             "args": training_args})}
 
     def evaluate(self, trainer, eval_sets: dict[str, Dataset]) -> dict[str, float]:
-        """Final evaluation; metrics of a split other than "validation" are prefixed `eval_<split>_`."""
+        """Evaluation of the trained model; metrics of a split other than "validation" are prefixed `eval_<split>_`
+        (the keys the in-training evaluation of the same splits logs)."""
         metrics: dict[str, float] = {}
         for split, data in eval_sets.items():
             prefix = "eval" if split == "validation" else f"eval_{split}"
             metrics.update(trainer.evaluate(eval_dataset=data, metric_key_prefix=prefix))
+        return self.complete_metrics(metrics, eval_sets)
+
+    def complete_metrics(self, metrics: dict[str, float], eval_sets: dict[str, Dataset]) -> dict[str, float]:
+        """Metrics derived from the per-split ones (RACE pools its levels); applied to logged evaluations too."""
         return metrics
 
     def data_record(self) -> Optional[dict[str, Any]]:

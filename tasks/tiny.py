@@ -16,6 +16,7 @@ from typing import Iterable
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
     EsmConfig,
+    EsmForMaskedLM,
     EsmForSequenceClassification,
     EsmTokenizer,
     MBart50Tokenizer,
@@ -57,8 +58,9 @@ def tiny_roberta_dir(path: str, texts: Iterable[str], head: str = "multiple_choi
     return path
 
 
-def tiny_esm_dir(path: str, num_labels: int = 2) -> str:
-    """A saved tiny ESM classifier with the real 33-token ESM alphabet."""
+def tiny_esm_dir(path: str, num_labels: int = 2, pretrained: bool = False) -> str:
+    """A saved tiny ESM classifier with the real 33-token ESM alphabet; `pretrained`: a masked LM instead, as the
+    Hub's ESM checkpoints are (a task then adds its own head)."""
     os.makedirs(path, exist_ok=True)
     vocab_file = os.path.join(path, "vocab.txt")
     with open(vocab_file, "w", encoding="utf-8") as handle:
@@ -66,7 +68,7 @@ def tiny_esm_dir(path: str, num_labels: int = 2) -> str:
     EsmTokenizer(vocab_file).save_pretrained(path)
     config = EsmConfig(vocab_size=len(ESM_ALPHABET), pad_token_id=1, mask_token_id=32, max_position_embeddings=80,
                        position_embedding_type="absolute", num_labels=num_labels, **TINY)
-    EsmForSequenceClassification(config).save_pretrained(path)
+    (EsmForMaskedLM if pretrained else EsmForSequenceClassification)(config).save_pretrained(path)
     return path
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from datasets import Dataset, DatasetDict
 
 import run_glue_like
@@ -26,8 +27,8 @@ from tests.task_fixtures import (
 
 ARITHMETIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
                           "arithmetic")
-RESULT_KEYS = {"task", "metric_name", "metric", "metrics", "sparsity", "sparsity_config", "model_name_or_path",
-               "seed", "train_runtime"}
+RESULT_KEYS = {"task", "metric_name", "metric", "metric_rule", "final_metric", "metrics", "final_step", "best_step",
+               "sparsity", "sparsity_config", "model_name_or_path", "seed", "train_runtime"}
 
 
 def run(tmp_path, task, model_dir, *extra, method="omp_before", sparsity="0.5", steps="2"):
@@ -100,7 +101,7 @@ def test_protein_class_fasta_dir_records_split(tmp_path):
     for name, motif in [("psychrophilic", "AG"), ("mesophilic", "LV"), ("thermophilic", "KE"),
                         ("hyperthermophilic", "RW")]:
         write_fasta(str(data_dir / f"{name}.fasta"), protein_sequences(10, motif))
-    model = tiny_esm_dir(str(tmp_path / "esm"), num_labels=4)
+    model = tiny_esm_dir(str(tmp_path / "esm"), num_labels=4, pretrained=True)
     result = run(tmp_path, "thermoprot", model, "--data_dir", str(data_dir), "--max_seq_length", "64")
     assert result["metric"] in {0.0, 25.0, 50.0, 75.0, 100.0}  # 1 validation sequence per class
     with open(tmp_path / "out-thermoprot" / "data_splits.json", encoding="utf-8") as handle:
@@ -112,7 +113,7 @@ def test_protein_hub_path_from_save_to_disk(tmp_path):
     rows = [{"sequence": s, "label": i % 2} for i, s in enumerate(protein_sequences(6, "AGKE"))]
     hub_dir = str(tmp_path / "hps2c2")
     DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows[:4])}).save_to_disk(hub_dir)
-    model = tiny_esm_dir(str(tmp_path / "esm"), num_labels=2)
+    model = tiny_esm_dir(str(tmp_path / "esm"), num_labels=2, pretrained=True)
     result = run(tmp_path, "hp-s2c2", model, "--dataset_name", hub_dir, method="dense", sparsity="0.0")
     assert result["sparsity"]["achieved"] == 0.0 and result["metric"] in {0.0, 25.0, 50.0, 75.0, 100.0}
 
@@ -166,3 +167,56 @@ def test_resume_true_only_resumes_what_exists(tmp_path):
     assert run_glue_like.resume_target("True", str(tmp_path)) is True
     assert run_glue_like.resume_target("False", str(tmp_path)) is None
     assert run_glue_like.resume_target("/some/checkpoint-2", str(tmp_path)) == "/some/checkpoint-2"
+
+
+def _logged(folder, key):
+    """{step: value} of `key` in the run's trainer_state.json."""
+    with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as handle:
+        history = json.load(handle)["log_history"]
+    return {e["step"]: e[key] for e in history if key in e}
+
+
+def test_csqa_reports_the_best_epoch_beside_the_final_and_after_rounds_prune_the_best(tmp_path):
+    from safetensors.torch import load_file
+
+    rows = csqa_rows(4)
+    data = write_jsonl(str(tmp_path / "train.jsonl"), rows)
+    model = tiny_roberta_dir(str(tmp_path / "roberta"), ["Q: Where is money kept? A: bank library store mall park"])
+    out = tmp_path / "out"
+    result = run_glue_like.main([
+        "--task", "csqa", "--model_name_or_path", model, "--train_file", data, "--validation_file", data,
+        "--output_dir", str(out), "--sparsity_method", "omp_after", "--sparsity", "0.5", "--max_steps", "6",
+        "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--use_cpu", "True", "--report_to", "none",
+    ])
+    logged = _logged(str(out), "eval_accuracy")
+    assert sorted(logged) == [2, 4, 6]  # every epoch (2 steps) and the last step
+    best_step = min(s for s, v in logged.items() if v == max(logged.values()))
+    metrics = result["metrics"]
+    assert result["metric_rule"] == "best" and (result["best_step"], result["final_step"]) == (best_step, 6)
+    assert result["metric"] == metrics["best_eval_accuracy"] == logged[best_step]
+    assert result["final_metric"] == metrics["eval_accuracy"] == logged[6]
+    # Round 0 (dense) ended on its best checkpoint (the one save_total_limit keeps), which round 1 pruned.
+    round0 = out / "round-0"
+    (kept_dir,) = [d for d in os.listdir(round0) if d.startswith("checkpoint-")]
+    with open(round0 / kept_dir / "trainer_state.json", encoding="utf-8") as handle:
+        assert json.load(handle)["best_global_step"] == int(kept_dir.split("-")[1])
+    saved = load_file(str(round0 / "model.safetensors"))
+    kept = load_file(str(round0 / kept_dir / "model.safetensors"))
+    assert saved.keys() == kept.keys() and all(torch.equal(saved[k], kept[k]) for k in kept)
+
+
+def test_race_selects_the_checkpoint_on_dev(tmp_path):
+    root = write_race_dir(str(tmp_path / "RACE"))
+    model = tiny_roberta_dir(str(tmp_path / "roberta"), ["Tom has a red ball and a blue kite. What colour green"])
+    out = tmp_path / "out"
+    result = run_glue_like.main([
+        "--task", "race", "--model_name_or_path", model, "--data_dir", root, "--max_seq_length", "64",
+        "--output_dir", str(out), "--sparsity_method", "dense", "--sparsity", "0.0", "--num_train_epochs", "2",
+        "--gradient_accumulation_steps", "4", "--per_device_train_batch_size", "2", "--use_cpu", "True",
+        "--report_to", "none",
+    ])
+    dev = _logged(str(out), "eval_dev_accuracy")
+    assert sorted(dev) == [1, 2] and result["best_step"] == min(s for s, v in dev.items() if v == max(dev.values()))
+    metrics = result["metrics"]
+    assert {"best_eval_dev_accuracy", "best_eval_middle_accuracy", "best_eval_high_accuracy"} <= set(metrics)
+    assert result["metric"] == pytest.approx((metrics["best_eval_middle_accuracy"] + metrics["best_eval_high_accuracy"]) / 2)

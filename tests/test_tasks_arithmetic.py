@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from tasks import DataArguments, DataError, get_task
-from tasks.arithmetic import ArithmeticCollator, cross_validation_mean, gold_value, output_constants, read_problems
+from tasks.arithmetic import (
+    ArithmeticCollator, cross_validation_score, gold_value, output_constants, read_problems,
+)
+from tasks.metrics import pool_folds
 from tasks.arithmetic_model import ArithmeticSolver, ArithmeticSolverConfig
 from tasks.prefix_expr import OPERATORS, is_complete_prefix
 from transformers import RobertaConfig
@@ -86,15 +89,6 @@ def test_collator_pads_to_fixed_slots():
     assert batch["labels"].tolist() == [[0, 4, 5], [4, -100, -100]]
 
 
-def test_cross_validation_mean(tmp_path):
-    files = []
-    for fold, metric in enumerate([80.0, 90.0]):
-        path = tmp_path / f"fold{fold}.json"
-        path.write_text(json.dumps({"metric": metric}))
-        files.append(str(path))
-    assert cross_validation_mean(files) == 85.0
-
-
 def test_data_dir_may_be_a_fold_folder_or_absent(tmp_path):
     fold = os.path.join(DATA, "cv_asdiv-a", "fold1")
     direct = get_task("asdiv-a").load_raw(DataArguments(task="asdiv-a", data_dir=fold))
@@ -103,3 +97,39 @@ def test_data_dir_may_be_a_fold_folder_or_absent(tmp_path):
     assert (len(default["train"]), len(default["validation"])) == (1537, 5)
     with pytest.raises(DataError, match="no train.csv for svamp"):
         get_task("svamp").load_raw(DataArguments(task="svamp", data_dir=str(tmp_path)))
+
+
+def test_pooled_cross_validation_score(tmp_path):
+    # Folds of 238 and 266 problems: pooled (200 + 133) / 504 = 66.07, the mean of 84.03 and 50.0 would be 67.02.
+    files = []
+    for fold, (correct, total) in enumerate([(200, 238), (133, 266)]):
+        path = tmp_path / f"fold{fold}.json"
+        path.write_text(json.dumps({"metric_rule": "best", "metrics": {
+            "best_eval_answer_correct": correct, "best_eval_examples": total,
+            "eval_answer_correct": 0, "eval_examples": total}}))
+        files.append(str(path))
+    assert cross_validation_score(files) == pytest.approx(100 * 333 / 504)
+    assert pool_folds([(200, 238), (133, 266)]) == pytest.approx(66.071, abs=1e-3)
+    with pytest.raises(ValueError, match="0 <= correct <= evaluated"):
+        pool_folds([(5, 4)])
+
+
+def test_paper_dropout_and_gts_selection(tmp_path):
+    from tasks import ModelArguments
+    from tests.task_fixtures import tiny_roberta_dir
+
+    task = get_task("mawps")
+    raw = task.load_raw(DataArguments(task="mawps", data_dir=DATA, max_train_samples=40, max_eval_samples=4))
+    model_dir = tiny_roberta_dir(str(tmp_path / "enc"), ["number0 plus number1"], head="encoder")
+    model = task.load_model(ModelArguments(model_name_or_path=model_dir), None, raw)
+    assert model.config.decoder_dropout == 0.5 and model.decoder.layers[0].dropout.p == 0.5
+    from smc_hf.selection import select_parameters
+
+    targets, ignore = task.sparsity_selection(ModelArguments())
+    names = set(select_parameters(model, targets=targets, ignore=ignore))
+    assert "encoder.embeddings.word_embeddings.weight" in names and "token_embed.weight" in names
+    assert "decoder.layers.0.self_attn.in_proj_weight" in names and "fixed_out.weight" in names
+    assert not any(n.endswith(".bias") or "norm" in n.lower() for n in names)
+    targets, ignore = task.sparsity_selection(ModelArguments(prune_embeddings=False))
+    dense_embeddings = set(select_parameters(model, targets=targets, ignore=ignore))
+    assert names - dense_embeddings == {n for n in names if "embed" in n} != set()

@@ -63,7 +63,7 @@ def test_winogrande_fills_the_blank():
 def test_race_release_layout(tmp_path):
     root = write_race_dir(str(tmp_path / "RACE"))
     data = get_task("race").load_raw(DataArguments(task="race", data_dir=root))
-    assert {k: len(v) for k, v in data.items()} == {"train": 8, "middle": 4, "high": 4}
+    assert {k: len(v) for k, v in data.items()} == {"train": 8, "dev": 8, "middle": 4, "high": 4}
     cloze = data["middle"][1]
     assert cloze["second"][1] == "Tom has a blue kite." and cloze["label"] == 1
     assert data["middle"][0]["second"][0] == "What colour is the ball? red"
@@ -88,8 +88,31 @@ def test_race_hub_path_trains_on_all_and_evaluates_levels(tmp_path):
 
     hub = tmp_path / "race"
     for config, n in (("all", 5), ("middle", 2), ("high", 3)):
-        DatasetDict({"train": Dataset.from_list(rows(config, n)), "test": Dataset.from_list(rows(config, n))}
-                    ).save_to_disk(str(hub / config))
+        DatasetDict({"train": Dataset.from_list(rows(config, n)), "validation": Dataset.from_list(rows(config, n - 1)),
+                     "test": Dataset.from_list(rows(config, n))}).save_to_disk(str(hub / config))
     data = get_task("race").load_raw(DataArguments(task="race", dataset_name=str(hub)))
-    assert {k: len(v) for k, v in data.items()} == {"train": 5, "middle": 2, "high": 3}
+    assert {k: len(v) for k, v in data.items()} == {"train": 5, "dev": 4, "middle": 2, "high": 3}
     assert data["high"][2]["label"] == 2 and data["high"][0]["first"] == ["high text"] * 4
+
+
+def test_race_selects_on_dev_and_pools_the_test_levels():
+    task = get_task("race")
+    defaults = task.default_training_arguments()
+    assert defaults["metric_for_best_model"] == "dev_accuracy" and defaults["load_best_model_at_end"] is True
+    sets = {"dev": [0] * 5, "middle": [0] * 1, "high": [0] * 3}
+    pooled = task.complete_metrics({"eval_dev_accuracy": 10.0, "eval_middle_accuracy": 100.0,
+                                    "eval_high_accuracy": 0.0}, sets)
+    assert pooled["eval_accuracy"] == 25.0 and pooled["eval_dev_accuracy"] == 10.0
+    assert task.complete_metrics({"eval_dev_accuracy": 40.0}, {"dev": [0]})["eval_accuracy"] == 40.0
+
+
+def test_commonsense_and_protein_select_the_best_epoch_translation_reports_the_final():
+    for name, metric in (("csqa", "accuracy"), ("winogrande", "accuracy"), ("mawps", "answer_accuracy"),
+                         ("svamp", "answer_accuracy"), ("hp-s", "accuracy")):
+        defaults = get_task(name).default_training_arguments()
+        assert (defaults["eval_strategy"], defaults["save_strategy"], defaults["metric_for_best_model"],
+                defaults["load_best_model_at_end"]) == ("epoch", "epoch", metric, True), name
+    assert "load_best_model_at_end" not in get_task("translation-2to2").default_training_arguments()
+    # A command that sets the evaluation protocol owns all of it.
+    given = get_task("csqa").default_training_arguments(given={"save_strategy"})
+    assert not {"eval_strategy", "load_best_model_at_end", "metric_for_best_model"} & set(given)

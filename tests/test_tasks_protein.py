@@ -8,6 +8,8 @@ import os
 import pytest
 
 from tasks import DataArguments, DataError, get_task
+from transformers import AutoTokenizer
+
 from tasks.protein import read_fasta, stratified_split
 from tests.task_fixtures import protein_sequences, tiny_esm_dir, write_fasta
 
@@ -87,3 +89,34 @@ def test_esm_tokenizer_uses_the_esm_alphabet(tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_esm_dir(str(tmp_path / "esm")))
     assert tokenizer("MKVX")["input_ids"] == [0, 20, 15, 7, 24, 2]
+
+
+def test_release_head_mean_pools_residues_into_an_mlp(tmp_path):
+    import torch
+    from torch import nn
+
+    from tasks import ModelArguments
+    from tasks.protein_model import EsmMeanPoolForSequenceClassification
+
+    task = get_task("hp-s")
+    path = tiny_esm_dir(str(tmp_path / "esm"), pretrained=True)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = task.load_model(ModelArguments(model_name_or_path=path), tokenizer, None).eval()
+    assert isinstance(model, EsmMeanPoolForSequenceClassification)
+    head = model.classifier
+    hidden = model.config.hidden_size
+    assert [type(m) for m in head.children()] == [nn.Linear, nn.LayerNorm, nn.Linear]
+    assert (head.dense.in_features, head.dense.out_features, head.norm.normalized_shape, head.out_proj.out_features) \
+        == (hidden, 512, (512,), 5)
+    assert task.default_training_arguments()["weight_decay"] == 0.01
+    short, long = tokenizer(["MKTAY"]), tokenizer(["MKTAYLLLAG"])
+    batch = tokenizer(["MKTAY", "MKTAYLLLAG"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        both = model(**batch).logits
+        alone = model(**{k: torch.tensor(v) for k, v in short.items()}).logits
+        states = model.esm(torch.tensor(long["input_ids"])).last_hidden_state[0, 1:-1]  # residues only
+        direct = head.out_proj(torch.relu(head.norm(head.dense(states.mean(0)))))
+    assert torch.allclose(both[0], alone[0], atol=1e-5)  # padding and special tokens are not in the mean
+    assert torch.allclose(both[1], direct, atol=1e-5)
+    cls_model = task.load_model(ModelArguments(model_name_or_path=path, classifier_head="cls"), tokenizer, None)
+    assert type(cls_model).__name__ == "EsmForSequenceClassification"
