@@ -32,8 +32,8 @@ from datasets import Dataset, DatasetDict
 
 from .arithmetic_model import ArithmeticSolver, ArithmeticSolverConfig
 from .base import DataArguments, DataError, ModelArguments, TaskDefinition, truncate
-from .metrics import answer_accuracy
 from .io import csv_rows
+from .metrics import answer_accuracy
 from .prefix_expr import NUMBER_TOKEN, OPERATORS, evaluate_prefix, prefix_problem
 
 logger = logging.getLogger(__name__)
