@@ -92,6 +92,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     processed = task.preprocess(raw, tokenizer, data_args, model)
     if "train" not in processed:
         raise ValueError(f"{task.name}: no training split (pass --train_file, --data_dir or --dataset_name)")
+    task.check_inputs(processed["train"], tokenizer)
     eval_sets = {split: data for split, data in processed.items() if split != "train"}
     if not eval_sets:
         raise ValueError(f"{task.name}: no evaluation split (pass --validation_file, --data_dir or --dataset_name)")

@@ -25,8 +25,8 @@ replaced by a constant rate, beam 5 by constrained greedy decoding, the tree dec
 
 from __future__ import annotations
 
-import csv
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -39,8 +39,11 @@ from datasets import Dataset, DatasetDict
 
 from .arithmetic_model import ArithmeticSolver, ArithmeticSolverConfig
 from .base import DataArguments, DataError, ModelArguments, TaskDefinition, truncate
+from .io import csv_rows
 from .metrics import answer_accuracy, answer_hits, pool_folds
-from .prefix_expr import NUMBER_TOKEN, OPERATORS, evaluate_prefix
+from .prefix_expr import NUMBER_TOKEN, OPERATORS, evaluate_prefix, prefix_problem
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("Question", "Numbers", "Equation", "Answer")
 NUMBER_TOKEN_IN_TEXT = re.compile(r"number(\d+)")
@@ -53,15 +56,16 @@ CONSTANT_MIN_COUNT = 5  # GTS: constants in at least 5 training equations become
 
 
 def read_problems(path: str) -> list[dict[str, Any]]:
-    """Rows of one SVAMP-format CSV as {question, numbers, equation, answer}, validated column by column."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
-        rows = [_parse_row(row, f"{path}:{lineno}") for lineno, row in enumerate(reader, 2)]
+    """Rows of one SVAMP-format CSV as {question, numbers, equation, answer, source}, validated column by column.
+
+    `source` is "file:line"; an equation must be one complete prefix expression over + - * / ^, `numberK`
+    placeholders and decimal constants (anything else is refused here, not trained on).
+    """
+    reader = csv_rows(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
+    rows = [_parse_row(row, f"{path}:{reader.line_num}") for row in reader]
     if not rows:
         raise DataError(f"{path}: no examples (empty split)")
     return rows
@@ -77,13 +81,14 @@ def _parse_row(row: dict[str, str], where: str) -> dict[str, Any]:
     except ValueError:
         raise DataError(f"{where}: column 'Answer' is not a number: {row['Answer']!r}") from None
     equation = row["Equation"].split()
-    if not equation:
-        raise DataError(f"{where}: column 'Equation' is empty")
+    problem = prefix_problem(equation)
+    if problem:
+        raise DataError(f"{where}: column 'Equation': {problem}")
     for token in equation:
         match = NUMBER_TOKEN.match(token)
         if match and int(match.group(1)) >= len(numbers):
             raise DataError(f"{where}: column 'Equation' uses {token} but 'Numbers' has {len(numbers)} values")
-    return {"question": row["Question"], "numbers": numbers, "equation": equation, "answer": answer}
+    return {"question": row["Question"], "numbers": numbers, "equation": equation, "answer": answer, "source": where}
 
 
 def output_constants(equations: list[list[str]], min_count: int = CONSTANT_MIN_COUNT) -> list[str]:
@@ -223,10 +228,23 @@ class ArithmeticTask(TaskDefinition):
         for split, ds in raw.items():
             encoded = ds.map(encode, remove_columns=ds.column_names)
             if split == "train":
-                fits = model.config.max_output_length
-                encoded = encoded.filter(lambda ex: -100 not in ex["labels"] and len(ex["labels"]) <= fits)
+                encoded = self._drop_unlearnable(encoded, ds, model.config.max_output_length)
             out[split] = encoded
         return DatasetDict(out)
+
+    def _drop_unlearnable(self, encoded: Dataset, raw: Dataset, max_output_length: int) -> Dataset:
+        """Training problems the decoder cannot emit (a constant outside its vocabulary, or too long), dropped
+        with a warning that counts and names them, as GTS drops them."""
+        keep = [i for i, labels in enumerate(encoded["labels"]) if -100 not in labels and len(labels) <= max_output_length]
+        if len(keep) == len(encoded):
+            return encoded
+        dropped = sorted(set(range(len(encoded))) - set(keep))
+        sources = raw["source"] if "source" in raw.column_names else [f"row {i}" for i in range(len(raw))]
+        named = ", ".join(f"{sources[i]} ({' '.join(raw[i]['equation'])})" for i in dropped[:10])
+        logger.warning("%s: %d of %d training problems dropped: their equation uses a constant outside the "
+                       "decoder's output vocabulary or is longer than %d tokens: %s%s", self.name, len(dropped),
+                       len(encoded), max_output_length, named, " ..." if len(dropped) > 10 else "")
+        return encoded.select(keep)
 
     def data_collator(self, tokenizer, model):
         return ArithmeticCollator(tokenizer.pad_token_id, model.config.max_num_slots)

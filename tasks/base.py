@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, Optional
 
+import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 
@@ -81,6 +82,14 @@ class DataArguments:
     label_thresholds: Optional[str] = field(
         default=None, metadata={"help": "Comma-separated bin edges turning a regression target into classes (Meltome)."}
     )
+    split_file: Optional[str] = field(
+        default=None, metadata={"help": "HotProtein split file (JSON, or the released pickle with --trust_pickle); "
+                                "default: the one *.json file in --data_dir."}
+    )
+    trust_pickle: bool = field(
+        default=False, metadata={"help": "Allow --split_file to be a pickle. Unpickling runs code from the file: "
+                                 "only for files you trust."}
+    )
 
 
 def load_hub_or_disk(name: str, config: Optional[str], cache_dir: Optional[str] = None) -> DatasetDict:
@@ -108,6 +117,55 @@ def require_columns(data: Dataset, columns: list[str], source: str) -> None:
 
 def truncate(data: Dataset, limit: Optional[int]) -> Dataset:
     return data.select(range(min(limit, len(data)))) if limit is not None else data
+
+
+#: A task refuses to train when more than this share of its sampled input tokens are the unknown token.
+MAX_UNKNOWN_SHARE = 0.5
+UNKNOWN_SAMPLE = 256
+
+
+def _flat(values) -> list[int]:
+    """Token ids of one example, flattening per-choice lists (multiple choice)."""
+    if values and isinstance(values[0], (list, tuple)):
+        return [t for part in values for t in part]
+    return list(values)
+
+
+def check_known_tokens(encoded: Dataset, tokenizer, source: str, sample: int = UNKNOWN_SAMPLE,
+                       max_unknown: float = MAX_UNKNOWN_SHARE) -> float:
+    """Share of unknown tokens among the content tokens of up to `sample` evenly spaced examples' `input_ids`.
+
+    Raises a DataError naming the tokenizer and one example when the share exceeds `max_unknown`, or when the
+    sample holds no content token at all: a model trained on such inputs learns from nothing but the labels.
+    A tokenizer without an unknown token (byte-level BPE) can represent any text and always passes.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or "input_ids" not in encoded.column_names or len(encoded) == 0:
+        return 0.0
+    special = set(tokenizer.all_special_ids) - {unk}
+    rows = sorted(set(np.linspace(0, len(encoded) - 1, min(sample, len(encoded))).round().astype(int).tolist()))
+    unknown = content = 0
+    worst, worst_share = rows[0], -1.0
+    for index in rows:
+        ids = [t for t in _flat(encoded[index]["input_ids"]) if t not in special]
+        n_unk = sum(t == unk for t in ids)
+        unknown, content = unknown + n_unk, content + len(ids)
+        share = n_unk / len(ids) if ids else 1.0
+        if share > worst_share:
+            worst, worst_share = index, share
+    share = unknown / content if content else 1.0
+    if share > max_unknown:
+        name = f"{type(tokenizer).__name__}({getattr(tokenizer, 'name_or_path', '')!r})"
+        lower = (", which lower-cases its input (do_lower_case=True): a cased vocabulary needs do_lower_case=False"
+                 if getattr(tokenizer, "do_lower_case", False) else "")
+        tokens = tokenizer.convert_ids_to_tokens(_flat(encoded[worst]["input_ids"])[:24])
+        what = f"{share:.0%} of the input tokens" if content else "all input tokens"
+        raise DataError(
+            f"{source}: {what} in a sample of {len(rows)} training examples are unknown ({tokenizer.unk_token}) to "
+            f"the tokenizer {name}{lower}; example {worst}: {tokens}. Training on them would learn nothing: use the "
+            f"model's own tokenizer (--tokenizer_name) or fix its settings."
+        )
+    return share
 
 
 class TaskDefinition(ABC):
@@ -217,6 +275,10 @@ class TaskDefinition(ABC):
     def complete_metrics(self, metrics: dict[str, float], eval_sets: dict[str, Dataset]) -> dict[str, float]:
         """Metrics derived from the per-split ones (RACE pools its levels); applied to logged evaluations too."""
         return metrics
+
+    def check_inputs(self, train: Dataset, tokenizer) -> float:
+        """Refuse to train on mostly unknown tokens (see `check_known_tokens`); the share found otherwise."""
+        return check_known_tokens(train, tokenizer, self.name)
 
     def data_record(self) -> Optional[dict[str, Any]]:
         """How the task split the data when it made the split itself (written to `data_splits.json`), else None."""

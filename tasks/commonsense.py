@@ -25,7 +25,6 @@ produced the paper's commonsense figures.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from abc import abstractmethod
 from typing import Any, Optional
@@ -34,7 +33,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, truncate
-from .io import field, nonempty, read_jsonl
+from .io import field, nonempty, read_json, read_jsonl
 from .metrics import accuracy
 
 _ADAM = {"adam_beta1": 0.9, "adam_beta2": 0.98, "adam_epsilon": 1e-6, "weight_decay": 0.01, "max_grad_norm": 0.0}
@@ -48,10 +47,17 @@ class MultipleChoiceTask(TaskDefinition):
     select_best_on = "accuracy"
     truncation: Any = True
     local_names: dict[str, str] = {}
+    num_choices: int = 0  # choices per question; every record must have exactly this many
 
     @abstractmethod
     def normalise_record(self, record: dict[str, Any], where: str) -> dict[str, Any]:
         """One raw example (authors' or Hub form) to the shared first/second/label form."""
+
+    def check_choices(self, count: int, where: str) -> None:
+        """The multiple-choice head and its collator need the same number of choices in every record."""
+        if count != self.num_choices:
+            raise DataError(f"{where}: {count} choices, but {self.name} has {self.num_choices} per question; "
+                            f"fix or remove this record (every question needs exactly {self.num_choices} choices)")
 
     def load_raw(self, data: DataArguments, cache_dir: Optional[str] = None) -> DatasetDict:
         if data.train_file or data.validation_file:
@@ -69,7 +75,7 @@ class MultipleChoiceTask(TaskDefinition):
         return DatasetDict(splits)
 
     def _read_file(self, path: str) -> Dataset:
-        rows = [self.normalise_record(rec, f"{path}:{lineno}") for lineno, rec in read_jsonl(path)]
+        rows = [self.normalise_record(rec, _where(f"{path}:{lineno}", rec)) for lineno, rec in read_jsonl(path)]
         return Dataset.from_list(nonempty(rows, path))
 
     def _read_data_dir(self, data_dir: str) -> dict[str, Dataset]:
@@ -82,7 +88,7 @@ class MultipleChoiceTask(TaskDefinition):
         for split in ("train", "validation"):
             if split not in raw:
                 raise DataError(f"{name}: no '{split}' split (has {list(raw)})")
-            rows = [self.normalise_record(r, f"{name}[{split}] row {i}") for i, r in enumerate(raw[split])]
+            rows = [self.normalise_record(r, _where(f"{name}[{split}] row {i}", r)) for i, r in enumerate(raw[split])]
             out[split] = Dataset.from_list(nonempty(rows, f"{name}[{split}]"))
         return out
 
@@ -125,6 +131,14 @@ class MultipleChoiceTask(TaskDefinition):
         return compute
 
 
+def _where(where: str, record: dict[str, Any]) -> str:
+    """`where`, with the record's own id when it has one (CSQA `id`, WinoGrande `qID`, RACE `example_id`)."""
+    for key in ("id", "qID", "example_id"):
+        if isinstance(record.get(key), (str, int)):
+            return f"{where} (id {record[key]})"
+    return where
+
+
 def _label(value: Any, labels: list[str], column: str, where: str) -> int:
     if value not in labels:
         raise DataError(f"{where}: unknown label {value!r} in column '{column}' (expected one of {labels})")
@@ -138,6 +152,7 @@ class CommonsenseQA(MultipleChoiceTask):
     hub_id = "tau/commonsense_qa"
     default_max_seq_length = 80
     local_names = {"train": "train_rand_split.jsonl", "validation": "dev_rand_split.jsonl"}
+    num_choices = 5
     training_defaults = {
         "learning_rate": 1e-5, "lr_scheduler_type": "polynomial", "warmup_steps": 150, "max_steps": 3000,
         "per_device_train_batch_size": 16, **_ADAM,
@@ -154,6 +169,16 @@ class CommonsenseQA(MultipleChoiceTask):
             stem = question
             choices = field(record, "choices", where)
             labels, texts = field(choices, "label", where), field(choices, "text", where)
+        if not isinstance(labels, list) or not isinstance(texts, list):
+            raise DataError(f"{where}: columns 'choices.label' and 'choices.text' must be lists")
+        if len(labels) != len(texts):
+            raise DataError(f"{where}: {len(labels)} choice labels but {len(texts)} choice texts; "
+                            f"each choice needs one label and one text")
+        self.check_choices(len(texts), where)
+        duplicates = sorted({str(x) for x in labels if list(labels).count(x) > 1})
+        if duplicates:
+            raise DataError(f"{where}: duplicate choice label(s) {duplicates} in {list(labels)}; "
+                            f"the answerKey must name exactly one choice")
         label = _label(field(record, "answerKey", where), list(labels), "answerKey", where)
         return {"first": [f"Q: {stem}"] * len(texts), "second": [f"A: {t}" for t in texts], "label": label}
 
@@ -166,6 +191,7 @@ class WinoGrande(MultipleChoiceTask):
     hub_config = "winogrande_xl"
     default_max_seq_length = 80
     local_names = {"train": "train_xl.jsonl", "validation": "dev.jsonl"}
+    num_choices = 2
     training_defaults = {
         "learning_rate": 1e-5, "lr_scheduler_type": "polynomial", "warmup_steps": 2375, "max_steps": 23750,
         "per_device_train_batch_size": 32, **_ADAM,
@@ -196,6 +222,7 @@ class Race(MultipleChoiceTask):
     hub_config = "all"
     default_max_seq_length = 512
     truncation = "only_first"
+    num_choices = 4
     levels = ("middle", "high")
     training_defaults = {
         "learning_rate": 1e-5, "lr_scheduler_type": "constant", "num_train_epochs": 5,
@@ -206,18 +233,17 @@ class Race(MultipleChoiceTask):
         article = field(record, "article", where)
         question = field(record, "question", where)
         options = field(record, "options", where)
-        label = _label(field(record, "answer", where), ["A", "B", "C", "D"][: len(options)], "answer", where)
+        if not isinstance(options, list):
+            raise DataError(f"{where}: column 'options' must be a list")
+        self.check_choices(len(options), where)
+        label = _label(field(record, "answer", where), ["A", "B", "C", "D"], "answer", where)
         seconds = [question.replace("_", o) if "_" in question else f"{question} {o}" for o in options]
         return {"first": [article] * len(options), "second": seconds, "label": label}
 
     def _read_level_dir(self, path: str) -> Dataset:
         rows = []
         for name in sorted(glob.glob(os.path.join(path, "*.txt"))):
-            with open(name, encoding="utf-8") as handle:
-                try:
-                    doc = json.load(handle)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{name}: not valid JSON ({err.msg})") from None
+            doc = read_json(name)
             answers, questions = field(doc, "answers", name), field(doc, "questions", name)
             options = field(doc, "options", name)
             if not len(answers) == len(questions) == len(options):
@@ -250,7 +276,8 @@ class Race(MultipleChoiceTask):
             raw = load_hub_or_disk(name, config, cache_dir)
             if split not in raw:
                 raise DataError(f"{name}/{config}: no '{split}' split (has {list(raw)})")
-            rows = [self.normalise_record(r, f"{name}/{config}[{split}] row {i}") for i, r in enumerate(raw[split])]
+            rows = [self.normalise_record(r, _where(f"{name}/{config}[{split}] row {i}", r))
+                    for i, r in enumerate(raw[split])]
             out[key] = Dataset.from_list(nonempty(rows, f"{name}/{config}[{split}]"))
         return out
 

@@ -58,6 +58,34 @@ def is_complete_prefix(tokens: Sequence[str]) -> bool:
     return open_slots == 0
 
 
+def is_constant(token: str) -> bool:
+    """A finite decimal number written out (`3`, `0.5`, `100.0`): the only tokens besides operators and placeholders."""
+    try:
+        return math.isfinite(float(token)) and token.strip() == token and token.lower() not in ("inf", "nan")
+    except ValueError:
+        return False
+
+
+def prefix_problem(tokens: Sequence[str]) -> Optional[str]:
+    """Why `tokens` is not one complete prefix expression over operators, `numberK` and constants; None if it is."""
+    if not tokens:
+        return "empty expression"
+    equation = " ".join(tokens)
+    for token in tokens:
+        if token not in OPERATORS and not NUMBER_TOKEN.match(token) and not is_constant(token):
+            return (f"unknown token {token!r} in {equation!r} (allowed: the operators {' '.join(OPERATORS)}, "
+                    f"numberK placeholders and decimal constants)")
+    open_slots = 1
+    for position, token in enumerate(tokens):
+        if open_slots == 0:
+            return (f"not a prefix expression: {equation!r} (a complete expression ends at token {position} of "
+                    f"{len(tokens)}; infix like 'number0 + number1' is written '+ number0 number1')")
+        open_slots += 1 if token in OPERATORS else -1
+    if open_slots:
+        return f"incomplete prefix expression: {equation!r} ({open_slots} operand(s) missing)"
+    return None
+
+
 def answer_matches(value: Optional[float], answer: float, tol: float = 1e-4) -> bool:
     """The benchmark's value accuracy: within 1e-4 of the gold answer."""
     return value is not None and abs(value - float(answer)) < tol

@@ -7,11 +7,18 @@ transformers port, so the sequence model stands in). Metric: accuracy (%).
 Data sources, by flag:
 - `--data_dir` with one FASTA per class (ThermoProt: `psychrophilic.fasta`, ...): a fixed, seeded, stratified
   80/10/10 train/validation/test split (`--split_seed`), recorded in `data_splits.json` beside the results.
-- `--data_dir` in HotProtein's release form: FASTA file(s) plus a split file (`*.pkl` as released, or `*.json`)
-  with `train_names`, `train_labels`, `test_names`, `test_labels`; evaluated on the test names as the paper does.
-  Pickle runs code when loaded: only point this at trusted files.
+- `--data_dir` in HotProtein's release form: FASTA file(s) plus a split file with `train_names`, `train_labels`,
+  `test_names`, `test_labels`; evaluated on the test names as the paper does. The split file is the one `*.json` in
+  the folder or `--split_file`. The release's `*.pkl` is read only when named with `--split_file` AND allowed with
+  `--trust_pickle` (unpickling runs code from the file); a pickle found in the folder is never loaded.
 - `--train_file/--validation_file`: CSV, TSV or JSON lines with `sequence` and `label` (Meltome: `target`, see below).
 - `--dataset_name`: a Hub id or `save_to_disk` directory with `sequence` and `label` columns.
+
+Sequences are upper-cased (soft-masked FASTA is lower-case) and must use the amino-acid alphabet: the 20 standard
+residues and the IUPAC codes X, B, Z, J, U, O; any other character is refused with the record named. Tokenisation
+follows the tokenizer: ESM-style tokenizers read the raw sequence, BERT-style residue vocabularies (e.g. antiberty)
+read residues separated by spaces, and a tokenizer that lower-cases against an upper-case residue vocabulary is
+reloaded with `do_lower_case=False` (otherwise "M K V L" is four unknown tokens).
 
 Meltome Atlas (FLIP's `sequence,target,set,validation` CSV, `target` = melting temperature in degrees C) is framed,
 as the paper's accuracy axis implies, as classification: Tm binned at `--label_thresholds` (default 60: the usual
@@ -31,9 +38,7 @@ residues. The scripts pass a head lr of 2e-2 but never step the head's optimizer
 
 from __future__ import annotations
 
-import csv
 import glob
-import json
 import logging
 import os
 import pickle
@@ -43,7 +48,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, truncate
-from .io import read_jsonl
+from .io import csv_rows, read_json, read_jsonl, text_lines
 from .metrics import accuracy
 from .protein_model import EsmMeanPoolForSequenceClassification
 
@@ -52,31 +57,67 @@ logger = logging.getLogger(__name__)
 #: `--classifier_head` choices and the model class each saves as `architectures[0]`.
 HEADS = {"mean_mlp": "EsmMeanPoolForSequenceClassification", "cls": "EsmForSequenceClassification"}
 
+
 ESM_ALPHABET = (
     "<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F",
     "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
 )  # the 33-token ESM-1b/ESM-2 vocabulary, in id order
 
 
+#: One-letter amino-acid codes: the 20 standard residues, then X (any), B (D/N), Z (E/Q), J (I/L),
+#: U (selenocysteine), O (pyrrolysine). ESM knows all but J; residue BERTs often only the 20.
+AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY" + "XBZJUO")
+#: Residues every protein tokenizer must know; the probe that picks how sequences are written for it.
+STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def clean_sequence(sequence: str, where: str) -> str:
+    """The sequence upper-cased (soft-masked lower case is the same residue); a DataError naming `where` and the
+    characters if any is not an amino-acid code."""
+    upper = sequence.upper()
+    bad = sorted(set(upper) - AMINO_ACIDS)
+    if bad:
+        first = min(upper.index(c) for c in bad)
+        raise DataError(f"{where}: character(s) {', '.join(repr(c) for c in bad)} are not amino-acid codes "
+                        f"(first at residue {first + 1}); allowed: {''.join(sorted(AMINO_ACIDS))} in any case. "
+                        f"Remove stop '*' and gap '-' symbols, or fix the record")
+    return upper
+
+
 def read_fasta(path: str) -> list[tuple[str, str]]:
-    """(name, sequence) records; the name is the header line up to its end, without '>'."""
+    """(name, sequence) records; the name is the header line up to its end, without '>'; sequences upper-cased
+    and checked by `clean_sequence`."""
     records: list[tuple[str, list[str]]] = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.strip()
-            if line.startswith(">"):
-                records.append((line[1:].strip(), []))
-            elif line:
-                if not records:
-                    raise DataError(f"{path}:{lineno}: sequence data before the first '>' header")
-                records[-1][1].append(line)
+    for lineno, line in enumerate(text_lines(path), 1):
+        line = line.strip()
+        if line.startswith(">"):
+            records.append((line[1:].strip(), []))
+        elif line:
+            if not records:
+                raise DataError(f"{path}:{lineno}: sequence data before the first '>' header")
+            records[-1][1].append(line)
     out = [(name, "".join(parts)) for name, parts in records]
     empty = [name for name, seq in out if not seq]
     if empty:
         raise DataError(f"{path}: record(s) {empty[:3]} have an empty sequence")
     if not out:
         raise DataError(f"{path}: no FASTA records (empty split)")
-    return out
+    return [(name, clean_sequence(seq, f"{path} record {name!r}")) for name, seq in out]
+
+
+def residue_format(tokenizer) -> Optional[str]:
+    """How to write a sequence for `tokenizer`: "raw" (ESM, byte-level BPE) or "spaced" ("M K V L": BERT-style
+    residue vocabularies); None if it has no token for some standard residue either way."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for fmt, text in (("raw", STANDARD_RESIDUES), ("spaced", " ".join(STANDARD_RESIDUES))):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids and (unk is None or unk not in ids):
+            return fmt
+    return None
+
+
+def residue_text(sequence: str, fmt: str) -> str:
+    return " ".join(sequence) if fmt == "spaced" else sequence
 
 
 def read_table(path: str) -> list[tuple[str, dict[str, Any]]]:
@@ -85,9 +126,8 @@ def read_table(path: str) -> list[tuple[str, dict[str, Any]]]:
         raise DataError(f"{path}: file not found")
     if path.endswith((".json", ".jsonl")):
         return [(f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)]
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t" if path.endswith(".tsv") else ",")
-        return [(f"{path}:{lineno}", row) for lineno, row in enumerate(reader, 2)]
+    reader = csv_rows(path, delimiter="\t" if path.endswith(".tsv") else ",")
+    return [(f"{path}:{reader.line_num}", row) for row in reader]
 
 
 def stratified_split(labels: list[int], seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str, list[int]]:
@@ -145,7 +185,7 @@ class ProteinTask(TaskDefinition):
         sequence = row.get("sequence")
         if not sequence:
             raise DataError(f"{where}: missing or empty column 'sequence'")
-        return {"sequence": str(sequence).strip(), "label": self.label_of(row, where, data)}
+        return {"sequence": clean_sequence(str(sequence).strip(), where), "label": self.label_of(row, where, data)}
 
     def _from_rows(self, rows, source: str, data: DataArguments) -> Dataset:
         examples = [self._example(row, where, data) for where, row in rows]
@@ -178,10 +218,20 @@ class ProteinTask(TaskDefinition):
         return {split: self._from_rows(read_table(path), path, data) for split, path in files.items() if path}
 
     def _read_data_dir(self, data: DataArguments) -> dict[str, Dataset]:
-        split_files = sorted(glob.glob(os.path.join(data.data_dir, "*.pkl")) +
-                             glob.glob(os.path.join(data.data_dir, "*.json")))
-        if split_files:
-            return self._read_hotprotein(data, split_files[0])
+        if data.split_file:
+            return self._read_hotprotein(data, data.split_file)
+        json_files = sorted(glob.glob(os.path.join(data.data_dir, "*.json")))
+        if len(json_files) > 1:
+            raise DataError(f"{data.data_dir}: {len(json_files)} JSON split files {json_files}; name one with --split_file")
+        if json_files:
+            return self._read_hotprotein(data, json_files[0])
+        pickles = sorted(glob.glob(os.path.join(data.data_dir, "*.pkl")))
+        if pickles:
+            raise DataError(
+                f"{data.data_dir}: the split file here is a pickle ({', '.join(pickles)}), which is never loaded "
+                f"unless named: unpickling runs code from the file. If you trust it, pass --split_file {pickles[0]} "
+                f"--trust_pickle; or write its train_names/train_labels/test_names/test_labels as JSON"
+            )
         return self._read_class_fastas(data)
 
     def _read_class_fastas(self, data: DataArguments) -> dict[str, Dataset]:
@@ -207,12 +257,19 @@ class ProteinTask(TaskDefinition):
 
     def _read_hotprotein(self, data: DataArguments, split_file: str) -> dict[str, Dataset]:
         data_dir = data.data_dir
-        if split_file.endswith(".pkl"):
+        if not os.path.isfile(split_file):
+            raise DataError(f"{split_file}: file not found (--split_file)")
+        if split_file.endswith((".pkl", ".pickle")):
+            if not data.trust_pickle:
+                raise DataError(f"{split_file}: a pickle runs code when loaded; pass --trust_pickle to load it (only "
+                                f"for a file you trust), or give the split as JSON")
             with open(split_file, "rb") as handle:
-                split = pickle.load(handle)
+                split = pickle.load(handle)  # noqa: S301 (the user named the file and passed --trust_pickle)
         else:
-            with open(split_file, encoding="utf-8") as handle:
-                split = json.load(handle)
+            split = read_json(split_file)
+        if not isinstance(split, dict):
+            raise DataError(f"{split_file}: expected a mapping with train_names/train_labels/test_names/test_labels, "
+                            f"got {type(split).__name__}")
         sequences: dict[str, str] = {}
         for fasta in sorted(glob.glob(os.path.join(data_dir, "*.fasta")) + glob.glob(os.path.join(data_dir, "*.fa"))):
             sequences.update(read_fasta(fasta))
@@ -231,6 +288,26 @@ class ProteinTask(TaskDefinition):
                 rows.append((f"{split_file} {prefix}_labels[{name}]", {"sequence": sequences[name], "label": label}))
             out[split_name] = self._from_rows(rows, f"{split_file} {prefix}", data)
         return out
+
+    def load_tokenizer(self, model: ModelArguments):
+        """The checkpoint's tokenizer, able to write every standard residue; a BERT-style tokenizer that lower-cases
+        against an upper-case residue vocabulary (antiberty's default) is reloaded with `do_lower_case=False`."""
+        from transformers import AutoTokenizer
+
+        tokenizer = super().load_tokenizer(model)
+        if residue_format(tokenizer) is not None:
+            return tokenizer
+        path = model.tokenizer_name or self.checkpoint(model)
+        if getattr(tokenizer, "do_lower_case", False):
+            cased = AutoTokenizer.from_pretrained(path, cache_dir=model.cache_dir, do_lower_case=False)
+            if residue_format(cased) is not None:
+                logger.warning("%s: tokenizer %s lower-cases but its residue vocabulary is upper-case; "
+                               "loaded with do_lower_case=False", self.name, path)
+                return cased
+        probe = tokenizer.convert_ids_to_tokens(tokenizer(" ".join(STANDARD_RESIDUES))["input_ids"])
+        raise DataError(f"{self.name}: tokenizer {type(tokenizer).__name__}({path!r}) has no token for amino-acid "
+                        f"residues: '{' '.join(STANDARD_RESIDUES)}' -> {probe}; use a protein model's tokenizer "
+                        f"(--tokenizer_name)")
 
     def load_model(self, model: ModelArguments, tokenizer, raw: DatasetDict):
         from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -253,9 +330,16 @@ class ProteinTask(TaskDefinition):
 
     def preprocess(self, raw: DatasetDict, tokenizer, data: DataArguments, model) -> DatasetDict:
         max_length = data.max_seq_length or self.default_max_seq_length
+        fmt = residue_format(tokenizer)
+        if fmt is None:
+            raise DataError(f"{self.name}: tokenizer {type(tokenizer).__name__}"
+                            f"({getattr(tokenizer, 'name_or_path', '')!r}) cannot write the standard residues "
+                            f"{STANDARD_RESIDUES} raw or space-separated without unknown tokens (a lower-casing "
+                            f"tokenizer needs do_lower_case=False; `load_tokenizer` does this)")
 
         def encode(batch):
-            enc = tokenizer(batch["sequence"], truncation=True, max_length=max_length)
+            texts = [residue_text(seq, fmt) for seq in batch["sequence"]]
+            enc = tokenizer(texts, truncation=True, max_length=max_length)
             enc["label"] = batch["label"]
             return enc
 

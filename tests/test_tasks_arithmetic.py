@@ -133,3 +133,57 @@ def test_paper_dropout_and_gts_selection(tmp_path):
     targets, ignore = task.sparsity_selection(ModelArguments(prune_embeddings=False))
     dense_embeddings = set(select_parameters(model, targets=targets, ignore=ignore))
     assert names - dense_embeddings == {n for n in names if "embed" in n} != set()
+
+
+REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "arithmetic")
+HEADER = "Question,Numbers,Equation,Answer"
+
+
+@pytest.mark.parametrize("equation, problem", [
+    ("number0 + number1", r"not a prefix expression: 'number0 \+ number1' \(a complete expression ends at token 1"),
+    ("+ number0", r"incomplete prefix expression: '\+ number0' \(1 operand\(s\) missing"),
+    ("% number0 number1", r"unknown token '%' in '% number0 number1'"),
+    ("+ number0 nan", r"unknown token 'nan' in '\+ number0 nan'"),
+    ("+ number0 number1 number0", r"not a prefix expression: .*ends at token 3 of 4"),
+])
+def test_malformed_equations_are_refused_with_file_row_and_equation(tmp_path, equation, problem):
+    path = _csv(tmp_path / "train.csv", HEADER, ['"a number0 b number1",3 4,+ number0 number1,7',
+                                                 f'"c number0 d number1",3 4,{equation},7'])
+    with pytest.raises(DataError, match=rf"train\.csv:3: column 'Equation': {problem}"):
+        read_problems(path)
+
+
+def test_every_real_arithmetic_csv_is_well_formed():
+    import glob
+
+    files = sorted(glob.glob(os.path.join(REPO_DATA, "**", "*.csv"), recursive=True))
+    rows = {os.path.relpath(f, REPO_DATA): len(read_problems(f)) for f in files}
+    assert len(files) == 22 and sum(rows.values()) == 19828
+    assert rows["mawps-asdiv-a_svamp/train.csv"] == 3138
+
+
+def test_dropped_training_problems_are_counted_and_named(tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from tests.task_fixtures import roberta_tokenizer
+
+    rows = [f'"q{i} number0 and number1",3 4,+ number0 number1,7' for i in range(5)]
+    rows[3] = '"q3 number0 and number1",3 4,+ number0 * number1 33.0,135'
+    train = _csv(tmp_path / "train.csv", HEADER, rows)
+    task = get_task("mawps")
+    raw = task.load_raw(DataArguments(task="mawps", train_file=train))
+    tokenizer = roberta_tokenizer([f"q{i} number0 and number1" for i in range(5)], str(tmp_path / "tok"))
+    model = SimpleNamespace(config=SimpleNamespace(output_vocab=["+", "-", "*", "/", "number0", "number1"],
+                                                   max_num_slots=2, max_output_length=8))
+    with caplog.at_level(logging.WARNING, logger="tasks.arithmetic"):
+        encoded = task.preprocess(raw, tokenizer, DataArguments(task="mawps"), model)
+    assert len(encoded["train"]) == 4
+    assert "mawps: 1 of 5 training problems dropped" in caplog.text and "train.csv:5" in caplog.text
+
+
+def test_non_utf8_csv_names_file_and_offset(tmp_path):
+    path = tmp_path / "dev.csv"
+    path.write_bytes(HEADER.encode() + b'\n"caf\xe9 number0",3,number0,3\n')
+    with pytest.raises(DataError, match=r"dev\.csv: not UTF-8 text \(byte 37, line 2\)"):
+        read_problems(str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -11,6 +12,7 @@ from tests.task_fixtures import csqa_rows, roberta_tokenizer, winogrande_rows, w
 
 CSQA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "commonsense",
                     "csqa")
+REPO_CSQA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "commonsense", "csqa")
 
 
 def test_csqa_official_and_hub_records_normalise_alike():
@@ -35,12 +37,12 @@ def test_csqa_unknown_label_and_missing_column(tmp_path):
     rows = csqa_rows(3)
     rows[1]["answerKey"] = "F"
     path = write_jsonl(str(tmp_path / "train.jsonl"), rows)
-    with pytest.raises(DataError, match=r"train\.jsonl:2: unknown label 'F' in column 'answerKey'"):
+    with pytest.raises(DataError, match=r"train\.jsonl:2 \(id q1\): unknown label 'F' in column 'answerKey'"):
         get_task("csqa").load_raw(DataArguments(task="csqa", train_file=path))
     del rows[1]["question"]["stem"]
     rows[1]["answerKey"] = "A"
     path = write_jsonl(str(tmp_path / "dev.jsonl"), rows)
-    with pytest.raises(DataError, match=r"dev\.jsonl:2: missing column 'question\.stem'"):
+    with pytest.raises(DataError, match=r"dev\.jsonl:2 \(id q1\): missing column 'question\.stem'"):
         get_task("csqa").load_raw(DataArguments(task="csqa", validation_file=path))
 
 
@@ -116,3 +118,56 @@ def test_commonsense_and_protein_select_the_best_epoch_translation_reports_the_f
     # A command that sets the evaluation protocol owns all of it.
     given = get_task("csqa").default_training_arguments(given={"save_strategy"})
     assert not {"eval_strategy", "load_best_model_at_end", "metric_for_best_model"} & set(given)
+
+
+def _hub_record(labels, texts):
+    return {"id": "q7", "question": "Where is money kept?", "answerKey": "A",
+            "choices": {"label": labels, "text": texts}}
+
+
+def test_csqa_labels_and_texts_of_different_lengths_are_refused(tmp_path):
+    record = _hub_record(list("ABCDE"), ["bank", "library", "store", "mall"])
+    with pytest.raises(DataError, match=r"hub row 3: 5 choice labels but 4 choice texts"):
+        get_task("csqa").normalise_record(record, "hub row 3")
+    path = write_jsonl(str(tmp_path / "train.jsonl"), csqa_rows(2) + [record])
+    with pytest.raises(DataError, match=r"train\.jsonl:3 \(id q7\): 5 choice labels but 4 choice texts"):
+        get_task("csqa").load_raw(DataArguments(task="csqa", train_file=path))
+
+
+def test_csqa_wrong_number_of_choices_is_refused_at_load(tmp_path):
+    rows = csqa_rows(4)
+    del rows[2]["question"]["choices"][4]
+    path = write_jsonl(str(tmp_path / "dev.jsonl"), rows)
+    with pytest.raises(DataError, match=r"dev\.jsonl:3 \(id q2\): 4 choices, but csqa has 5 per question"):
+        get_task("csqa").load_raw(DataArguments(task="csqa", validation_file=path))
+
+
+def test_csqa_duplicate_choice_labels_are_refused(tmp_path):
+    record = _hub_record(list("ABCDD"), ["bank", "library", "store", "mall", "park"])
+    with pytest.raises(DataError, match=r"row 0: duplicate choice label\(s\) \['D'\]"):
+        get_task("csqa").normalise_record(record, "row 0")
+
+
+def test_race_wrong_number_of_options_is_refused(tmp_path):
+    root = write_race_dir(str(tmp_path / "RACE"))
+    bad = os.path.join(root, "test", "high", "1.txt")
+    with open(bad, encoding="utf-8") as handle:
+        doc = json.load(handle)
+    doc["options"][1] = doc["options"][1][:3]
+    with open(bad, "w", encoding="utf-8") as handle:
+        json.dump(doc, handle)
+    with pytest.raises(DataError, match=r"1\.txt question 1: 3 choices, but race has 4 per question"):
+        get_task("race").load_raw(DataArguments(task="race", data_dir=root))
+
+
+def test_real_csqa_files_pass_validation():
+    data = get_task("csqa").load_raw(DataArguments(task="csqa", data_dir=REPO_CSQA))
+    assert (len(data["train"]), len(data["validation"])) == (9741, 1221)
+    assert {len(c) for c in data["train"]["second"]} == {5}
+
+
+def test_non_utf8_jsonl_names_file_and_offset(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"train\.jsonl: not UTF-8 text \(byte 19, line 2\)"):
+        get_task("csqa").load_raw(DataArguments(task="csqa", train_file=str(path)))

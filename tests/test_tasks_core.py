@@ -69,3 +69,55 @@ def test_two_rate_adamw_groups(tmp_path):
     optimizer = TwoRateAdamW()(model, head_prefixes=("1.",), head_lr=1e-3, args=args)
     groups = {(g["lr"], g["weight_decay"]): len(g["params"]) for g in optimizer.param_groups}
     assert groups == {(1e-5, 0.1): 1, (1e-5, 0.0): 1, (1e-3, 0.1): 1, (1e-3, 0.0): 1}
+
+
+UPPER_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", "?", "Q", "A", "WHERE", "IS", "MONEY", "KEPT",
+               "BANK", "LIBRARY", "STORE", "MALL", "PARK"]
+
+
+def _lowercasing_bert_dir(path):
+    """A BERT multiple-choice checkpoint whose tokenizer lower-cases (the default) against an upper-case vocab."""
+    import os
+
+    from transformers import BertConfig, BertForMultipleChoice
+
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "vocab.txt"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(UPPER_VOCAB) + "\n")
+    config = BertConfig(vocab_size=len(UPPER_VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    BertForMultipleChoice(config).save_pretrained(path)
+    return path
+
+
+def test_unknown_token_guard_names_tokenizer_and_example(tmp_path):
+    from transformers import AutoTokenizer
+
+    from tasks import DataArguments, DataError
+    from tests.task_fixtures import csqa_rows, roberta_tokenizer, write_jsonl
+
+    task = get_task("csqa")
+    path = _lowercasing_bert_dir(str(tmp_path / "bert"))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    raw = task.load_raw(DataArguments(task="csqa", train_file=write_jsonl(str(tmp_path / "t.jsonl"), csqa_rows(4))))
+    encoded = task.preprocess(raw, tokenizer, DataArguments(task="csqa"), model=None)["train"]
+    with pytest.raises(DataError, match=r"csqa: 7[0-9]% of the input tokens .* 4 training examples are unknown "
+                                        r"\(\[UNK\]\) to the tokenizer BertTokenizer\(.*bert'?\).*do_lower_case.*"
+                                        r"example 0: \['\[CLS\]', '\[UNK\]', ':', '\[UNK\]'"):
+        task.check_inputs(encoded, tokenizer)
+    bpe = roberta_tokenizer(["Q: Where is money kept? A: bank library store mall park"], str(tmp_path / "bpe"))
+    assert task.check_inputs(task.preprocess(raw, bpe, DataArguments(task="csqa"), model=None)["train"], bpe) == 0.0
+
+
+def test_run_refuses_to_train_on_unknown_tokens(tmp_path):
+    import run_glue_like
+    from tasks import DataError
+    from tests.task_fixtures import csqa_rows, write_jsonl
+
+    train = write_jsonl(str(tmp_path / "train.jsonl"), csqa_rows(4))
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="csqa: .* of the input tokens"):
+        run_glue_like.main(["--task", "csqa", "--model_name_or_path", _lowercasing_bert_dir(str(tmp_path / "bert")),
+                            "--train_file", train, "--validation_file", train, "--output_dir", str(out),
+                            "--max_steps", "1", "--save_strategy", "no", "--use_cpu", "True"])
+    assert not (out / "all_results.json").exists()
