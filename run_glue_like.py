@@ -11,7 +11,8 @@ task's paper defaults (`training_defaults` in its module). The same command runs
 Writes `all_results.json` in `--output_dir`: task, the reported metric (accuracies in percent, BLEU) and its rule
 (`best`: the paper's best evaluation over training, the checkpoint the run saved; `final`), the final metric beside
 it, all evaluation metrics (`eval_*` final, `best_eval_*` best, with `final_step` and `best_step`), achieved
-sparsity per module and overall, the sparsity config, checkpoint, seed and training time.
+sparsity per module and overall, the sparsity config, checkpoint, seed and training time. A
+multi-round method (LTH) also writes one per round but the last, in `round-K/`, when that round ends.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import sys
 from typing import Any, Optional
 
-from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainerCallback, set_seed
 
 from smc_hf import SparseSeq2SeqTrainer, SparseTrainer, SparsityConfig
 from tasks import DataArguments, ModelArguments, get_task
@@ -73,6 +74,46 @@ def parse_args(argv: list[str]):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def collect_results(trainer, task, eval_sets, model_args, train_runtime: float) -> dict[str, Any]:
+    """Evaluate the trainer's model now and gather what `all_results.json` holds (the task's reporting rule)."""
+    reported = summarise(task, trainer, task.evaluate(trainer, eval_sets), eval_sets)
+    return {
+        "task": task.name,
+        "metric_name": task.metric_name,
+        **reported,
+        "sparsity": trainer.sparsity_report().to_dict(),
+        "sparsity_config": dataclasses.asdict(trainer.sparsity_config),
+        "model_name_or_path": task.checkpoint(model_args),
+        "seed": trainer.args.seed,
+        "train_runtime": train_runtime,
+    }
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(f"{path}.tmp", path)
+
+
+class RoundResults(TrainerCallback):
+    """Multi-round methods: each round but the last is evaluated when it ends and recorded in its own folder
+    (`round-K/all_results.json`, with `round`), so `smc-bench` reads every LTH ticket from one run."""
+
+    def __init__(self, trainer, task, eval_sets, model_args):
+        self.trainer, self.task, self.eval_sets, self.model_args = trainer, task, eval_sets, model_args
+
+    def on_train_end(self, args, state, control, **kwargs):
+        callback = self.trainer.sparsity_callback
+        if callback.round >= callback.method.num_rounds - 1:
+            return  # the last round's results are main()'s, after the model is saved
+        runtime = next((float(log["train_runtime"]) for log in reversed(state.log_history) if "train_runtime" in log), 0.0)
+        results = {**collect_results(self.trainer, self.task, self.eval_sets, self.model_args, runtime),
+                   "round": callback.round}
+        if self.trainer.is_world_process_zero():
+            os.makedirs(args.output_dir, exist_ok=True)
+            write_json_atomic(os.path.join(args.output_dir, "all_results.json"), results)
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     model_args, data_args, sparsity, training_args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -112,26 +153,15 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         compute_metrics=task.compute_metrics(tokenizer, raw.get("validation"), model),
         **task.trainer_kwargs(model, model_args, training_args),
     )
+    trainer.add_callback(RoundResults(trainer, task, eval_sets, model_args))
     resume = resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
     train_output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: every logged evaluation, the best step and checkpoint
-    reported = summarise(task, trainer, task.evaluate(trainer, eval_sets), eval_sets)
-
-    results = {
-        "task": task.name,
-        "metric_name": task.metric_name,
-        **reported,
-        "sparsity": trainer.sparsity_report().to_dict(),
-        "sparsity_config": dataclasses.asdict(trainer.sparsity_config),
-        "model_name_or_path": task.checkpoint(model_args),
-        "seed": training_args.seed,
-        "train_runtime": float(train_output.metrics.get("train_runtime", 0.0)),
-    }
+    results = collect_results(trainer, task, eval_sets, model_args, float(train_output.metrics.get("train_runtime", 0.0)))
     if trainer.is_world_process_zero():
         os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, "all_results.json"), "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+        write_json_atomic(os.path.join(training_args.output_dir, "all_results.json"), results)
         record = task.data_record()
         if record is not None:
             with open(os.path.join(training_args.output_dir, "data_splits.json"), "w", encoding="utf-8") as handle:

@@ -36,38 +36,78 @@ from smc_hf.cli import bench as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Follows run_glue_like.py's contract; logs each call; on FAKE_KILL_AT="method/sparsity" kills the sweep
-# (its parent) once, mid-cell; on FAKE_FAIL="method" exits with an error.
+# Follows run_glue_like.py's contract, multi-round methods included (LTH writes round-K/all_results.json and
+# round-K/sparsity_round.json as each round but the last ends; --resume_from_checkpoint True continues after the
+# last finished round). Logs each process to FAKE_LOG and each fine-tuning (round) to FAKE_LOG.rounds; on
+# FAKE_KILL_AT="method/sparsity" kills the sweep (its parent) once, mid-cell, and on "lth/round-K" at the start
+# of round K; on FAKE_FAIL="method" exits with an error. Cross-validated runs record eval_num_correct/examples.
 FAKE_ENTRY = textwrap.dedent("""
-    import argparse, json, os, signal, sys
+    import argparse, json, math, os, signal, sys
     p = argparse.ArgumentParser()
     for k in ("--task", "--sparsity_method", "--output_dir", "--model_name_or_path", "--rigl_init"):
         p.add_argument(k)
     p.add_argument("--sparsity", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--fold", type=int)
+    p.add_argument("--skip_dense_phase", default="False")
     a, rest = p.parse_known_args()
+    skip = a.skip_dense_phase == "True"
+    threads = {"omp": os.environ.get("OMP_NUM_THREADS"), "cores": sorted(os.sched_getaffinity(0))}
     with open(os.environ["FAKE_LOG"], "a") as f:
-        f.write(json.dumps([a.task, a.sparsity_method, a.sparsity, a.seed, rest]) + "\\n")
+        f.write(json.dumps([a.task, a.sparsity_method, a.sparsity, a.seed, rest, threads,
+                            a.fold, a.model_name_or_path, skip]) + "\\n")
     os.makedirs(a.output_dir, exist_ok=True)
-    if os.environ.get("FAKE_KILL_AT") == f"{a.sparsity_method}/{a.sparsity:g}":
-        marker = os.environ["FAKE_LOG"] + ".killed"
-        if not os.path.exists(marker):
-            open(marker, "w").close()
-            os.kill(os.getppid(), signal.SIGKILL)
-            sys.exit(3)
     if os.environ.get("FAKE_FAIL") == a.sparsity_method:
         print("Traceback: something broke in the run", file=sys.stderr)
         sys.exit(1)
+
+    def kill_once(where):
+        if os.environ.get("FAKE_KILL_AT") == where:
+            marker = os.environ["FAKE_LOG"] + ".killed"
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getppid(), signal.SIGKILL)
+                sys.exit(3)
+
+    kill_once(f"{a.sparsity_method}/{a.sparsity:g}")
+    if a.sparsity_method == "lth":
+        rounds = 1 + round(math.log(1 - a.sparsity) / math.log(0.8))
+    elif a.sparsity_method in ("omp_after", "random_after"):
+        rounds = 1 if skip else 2
+    else:
+        rounds = 1
+    first = 0
+    if "--resume_from_checkpoint" in rest:
+        while first < rounds - 1 and os.path.exists(os.path.join(a.output_dir, f"round-{first}", "sparsity_round.json")):
+            first += 1
     drop = {"dense": 0.0, "omp_before": 30.0, "random_before": 60.0}.get(a.sparsity_method, 45.0)
-    metric = 80.0 - drop * a.sparsity ** 2 + 0.25 * a.seed
-    with open(os.path.join(a.output_dir, "all_results.json"), "w") as f:
-        json.dump({"task": a.task, "metric_name": "accuracy", "metric": metric,
-                   "metrics": {"eval_accuracy": metric, "eval_high_accuracy": metric - 1.0},
-                   "sparsity": {"target": a.sparsity, "achieved": a.sparsity, "selected_numel": 64,
-                                "zeros": round(64 * a.sparsity), "modules": {}},
+    for k in range(first, rounds):
+        kill_once(f"{a.sparsity_method}/round-{k}")
+        with open(os.environ["FAKE_LOG"] + ".rounds", "a") as f:
+            f.write(json.dumps([a.task, a.sparsity_method, a.sparsity, a.seed, a.fold, k]) + "\\n")
+        last = k == rounds - 1
+        s = a.sparsity if last else (1 - 0.8 ** k if a.sparsity_method == "lth" else 0.0)
+        metric = 80.0 - drop * s ** 2 + 0.25 * a.seed
+        metrics = {"eval_accuracy": metric, "eval_high_accuracy": metric - 1.0}
+        if a.fold is not None:
+            total = 100 + 10 * a.fold
+            correct = round(metric / 100 * total) - a.fold
+            metric = 100.0 * correct / total
+            metrics = {"eval_accuracy": metric, "eval_num_correct": correct, "eval_num_examples": total}
+        out = a.output_dir if last else os.path.join(a.output_dir, f"round-{k}")
+        os.makedirs(out, exist_ok=True)
+        results = {"task": a.task, "metric_name": "accuracy", "metric": metric, "metrics": metrics,
+                   "sparsity": {"target": s, "achieved": s, "selected_numel": 64, "zeros": round(64 * s), "modules": {}},
                    "sparsity_config": {"method": a.sparsity_method, "sparsity": a.sparsity,
-                                       "rigl_init": a.rigl_init or "omp"},
-                   "model_name_or_path": a.model_name_or_path, "seed": a.seed, "train_runtime": 0.01}, f)
+                                       "rigl_init": a.rigl_init or "omp", "skip_dense_phase": skip},
+                   "model_name_or_path": a.model_name_or_path, "seed": a.seed, "train_runtime": 0.01}
+        if not last:
+            results["round"] = k
+        with open(os.path.join(out, "all_results.json"), "w") as f:
+            json.dump(results, f)
+        if not last:
+            with open(os.path.join(out, "sparsity_round.json"), "w") as f:
+                json.dump({"round": k}, f)
 """)
 
 
@@ -82,6 +122,13 @@ def fake(tmp_path, monkeypatch):
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
     return str(entry), calls
+
+
+@pytest.fixture
+def rounds(tmp_path):
+    """Every fine-tuning the fake entry did: [task, method, sparsity, seed, fold, round]."""
+    log = tmp_path / "calls.jsonl.rounds"
+    return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def sweep_argv(entry, out, *extra):
@@ -233,7 +280,7 @@ def test_print_commands_lists_pending_cells_as_runnable_lines(fake, tmp_path, ca
     capsys.readouterr()
     n_calls = len(calls())
     assert cli.main(sweep_argv(entry, out, "--task-args", "toy=--data_dir 'a b'", "--print-commands")) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
     assert len(lines) == 2 and len(calls()) == n_calls  # printing runs nothing
     for line in lines:
         argv = shlex.split(line)
@@ -351,7 +398,9 @@ def test_killed_cell_resumes_from_its_checkpoint_and_run_dirs_can_be_deleted(fak
     summary = run_sweep(cells, str(out), Launcher(entry, "tiny"), delete_run_dirs=True, log=lambda m: None)
     assert summary.ok and len(summary.completed) == 2
     args = {c[1]: c[4] for c in calls()}
-    assert args == {"omp_after": ["--resume_from_checkpoint", "True"], "gmp": []}
+    # omp_after starts from the shared dense run (which records no cell here: dense=False)
+    assert args == {"dense": [], "omp_after": ["--resume_from_checkpoint", "True"], "gmp": []}
+    assert not (out / "toy/dense/sparsity-0/seed-1/run").exists()  # deleted once omp_after had started from it
     for cell in cells:
         folder = out / cell.relpath
         assert not (folder / "run").exists() and (folder / "run.log").exists()

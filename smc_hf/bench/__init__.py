@@ -5,14 +5,30 @@
     smc-bench report results/
 """
 
-from .grid import PAPER_SPARSITIES, Cell, MethodSpec, build_grid, parse_methods, parse_seeds, parse_sparsities
+from .grid import (
+    CV_FOLDS,
+    PAPER_SPARSITIES,
+    Cell,
+    MethodSpec,
+    build_grid,
+    parse_folds,
+    parse_methods,
+    parse_seeds,
+    parse_sparsities,
+)
 from .launch import Launcher, default_entry
+from .plan import Unit, build_plan
 from .report import BenchReport, write_report
 from .results import RESULT_FILE, CellResult, ResultError, read_result, scan_results
 from .sweep import SweepSummary, pending_cells, run_sweep
-from .tables import GroupStats, aggregate, markdown, within_dense
+from .tables import GroupStats, aggregate, markdown, pool_folds, within_dense
 
 __all__ = [
+    "CV_FOLDS",
+    "Unit",
+    "build_plan",
+    "parse_folds",
+    "pool_folds",
     "PAPER_SPARSITIES",
     "RESULT_FILE",
     "BenchReport",

@@ -33,17 +33,22 @@ class Launcher:
             raise FileNotFoundError(f"entry script {self.entry!r} not found; pass --entry")
         self.entry = os.path.abspath(self.entry)
 
-    def command(self, cell: Cell, output_dir: str, resume: bool = False) -> list[str]:
-        """The entry script's command for `cell`, writing into `output_dir`."""
+    def command(self, cell: Cell, output_dir: str, resume: bool = False, source: Optional[str] = None) -> list[str]:
+        """The entry script's command for `cell`, writing into `output_dir`; with `source` (a saved dense
+        fine-tuning) the run starts from that model and skips its dense round."""
         if self.accelerate:
             head = [sys.executable, "-m", "accelerate.commands.launch", *self.accelerate_args, self.entry]
         else:
             head = [sys.executable, self.entry]
         args = ["--task", cell.task]
-        if self.model:
+        if source is not None:
+            args += ["--model_name_or_path", os.path.abspath(source)]
+        elif self.model:
             args += ["--model_name_or_path", self.model]
         args += cell.method.entry_args(cell.sparsity)
-        args += ["--seed", str(cell.seed), "--output_dir", output_dir]
+        if source is not None:
+            args += ["--skip_dense_phase", "True"]
+        args += ["--seed", str(cell.seed), *cell.fold_args, "--output_dir", output_dir]
         args += self.task_args.get(cell.task, []) + self.extra_args
         if resume and not any(a.split("=")[0] == "--resume_from_checkpoint" for a in args):
             args += ["--resume_from_checkpoint", "True"]
@@ -51,15 +56,24 @@ class Launcher:
 
     def cell_line(self, cell: Cell, results_dir: str) -> str:
         """A shell line running just `cell` through `smc-bench run` (so it records and skips like a sweep)."""
-        args = ["smc-bench", "run", "--tasks", cell.task, "--methods", cell.method.spec]
-        if cell.sparsity:  # a dense cell runs at sparsity 0 whatever --sparsities says
-            args += ["--sparsities", format_sparsity(cell.sparsity)]
-        args += ["--seeds", str(cell.seed), "--output", os.path.abspath(results_dir), "--entry", self.entry,
+        return self.cells_line([cell], results_dir)
+
+    def cells_line(self, cells: list[Cell], results_dir: str) -> str:
+        """A shell line running the cells of one run (a cell, or an LTH chain's cells) through `smc-bench run`."""
+        first = cells[0]
+        methods = list(dict.fromkeys(c.method.spec for c in cells))
+        sparsities = list(dict.fromkeys(format_sparsity(c.sparsity) for c in cells if c.sparsity))
+        args = ["smc-bench", "run", "--tasks", first.task, "--methods", ",".join(methods)]
+        if sparsities:  # a dense cell runs at sparsity 0 whatever --sparsities says
+            args += ["--sparsities", ",".join(sparsities)]
+        args += ["--seeds", str(first.seed), "--output", os.path.abspath(results_dir), "--entry", self.entry,
                  "--no-dense"]
+        if first.fold is not None:
+            args += ["--folds", str(first.fold)]
         if self.model:
             args += ["--model", self.model]
         for task, task_args in self.task_args.items():
-            if task == cell.task:
+            if task == first.task:
                 args += ["--task-args", f"{task}={shlex.join(task_args)}"]
         if self.accelerate:
             args += ["--accelerate"]

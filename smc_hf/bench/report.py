@@ -8,7 +8,7 @@ from typing import Optional
 
 from .plots import plot_all
 from .results import CellResult, ResultError, scan_results, write_json_atomic
-from .tables import aggregate, markdown, within_dense, write_csv
+from .tables import aggregate, markdown, pool_folds, within_dense, write_csv
 
 REPORT_DIR = "report"
 
@@ -36,6 +36,8 @@ def write_report(results_dir: str, out_dir: Optional[str] = None, tolerance: flo
     results, problems = scan_results(results_dir)
     if metric is not None:
         results, problems = _rescore(results, metric, problems)
+    results, pool_problems = pool_folds(results)
+    problems = problems + pool_problems
     groups = aggregate(results)
     os.makedirs(out_dir, exist_ok=True)
     report = BenchReport(os.path.join(out_dir, "summary.csv"), os.path.join(out_dir, "summary.md"),
@@ -51,7 +53,8 @@ def write_report(results_dir: str, out_dir: Optional[str] = None, tolerance: flo
         "tolerance": tolerance,
         "groups": [{"task": g.task, "method": g.method, "legend": g.legend, "sparsity": g.sparsity,
                     "metric_name": g.metric_name, "n": g.n, "mean": g.mean, "std": g.std, "values": list(g.values),
-                    "seeds": list(g.seeds), "achieved_sparsity": g.achieved_sparsity} for g in groups],
+                    "seeds": list(g.seeds), "achieved_sparsity": g.achieved_sparsity, "folds": list(g.folds)}
+                   for g in groups],
         "max_sparsity_within_dense": [{"task": t, "method": m, "sparsity": s} for (t, m), s in within.items()],
         "problems": problems,
     })

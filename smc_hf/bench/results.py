@@ -23,6 +23,11 @@ RESULT_FILE = "result.json"
 RUN_RESULTS_FILE = "all_results.json"
 FORMAT = "smc-bench-cell/1"
 _PACKAGES = ("torch", "transformers", "accelerate", "datasets", "peft")
+#: Evaluation metrics a cross-validated task records in each fold's `metrics`: the number of dev examples
+#: answered correctly and evaluated. The report pools folds with them (sum correct / sum examples), as the paper.
+COUNT_KEYS = ("eval_num_correct", "eval_num_examples")
+#: How far an LTH round's achieved sparsity may be from its cell's (the grid prints 0.59 for 0.5904).
+ROUND_SPARSITY_TOLERANCE = 0.01
 
 
 class ResultError(ValueError):
@@ -45,6 +50,18 @@ class CellResult:
     path: str
     #: Every evaluation metric of the run (e.g. RACE's eval_middle_accuracy and eval_high_accuracy).
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: Cross-validation fold (None: the task has none).
+    fold: Optional[int] = None
+
+    def counts(self) -> Optional[tuple[int, int]]:
+        """(correct, examples) of the evaluation, when the run recorded them (`COUNT_KEYS` in `metrics`)."""
+        correct, total = (self.metrics.get(k) for k in COUNT_KEYS)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (correct, total)):
+            return None
+        if total <= 0 or not 0 <= correct <= total or correct != int(correct) or total != int(total):
+            raise ResultError(f"{self.path}: {COUNT_KEYS[0]} = {correct}, {COUNT_KEYS[1]} = {total} are not counts "
+                              "of correct and evaluated examples")
+        return int(correct), int(total)
 
     def with_metric(self, key: str) -> "CellResult":
         """This result scored by `metrics[key]` instead of the task's primary metric."""
@@ -73,29 +90,48 @@ def write_json_atomic(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_run_results(path: str, cell: Cell) -> dict[str, Any]:
-    """The entry script's all_results.json for `cell`, checked against the cell it was launched for."""
+def read_run_results(path: str, cell: Cell, ran: Optional[Cell] = None, round_idx: Optional[int] = None) -> dict[str, Any]:
+    """A run's all_results.json recorded as `cell`'s result, checked against the run that wrote it.
+
+    `ran` is the cell the run was launched as (default `cell`): an LTH chain is launched at its highest
+    sparsity and records its lower cells (and the dense one) from its rounds; `round_idx` is that round.
+    """
+    ran = ran or cell
     data = _load_json(path)
     _require(data, path, {"task": str, "metric_name": str, "metric": (int, float), "sparsity": dict,
                           "sparsity_config": dict})
     if data["task"] != cell.task:
         raise ResultError(f"{path}: task is {data['task']!r}, the cell's is {cell.task!r}")
     _finite(data["metric"], path, "metric")
-    _finite(data["sparsity"].get("achieved"), path, "sparsity.achieved")
+    achieved = _finite(data["sparsity"].get("achieved"), path, "sparsity.achieved")
     config = data["sparsity_config"]
-    ran = MethodSpec(str(config.get("method")), config.get("rigl_init") if cell.method.rigl_init else None)
-    if ran != cell.method:
-        raise ResultError(f"{path}: ran method {ran.spec!r}, the cell is {cell.method.spec!r}")
-    if not math.isclose(float(config.get("sparsity", -1.0)), cell.sparsity, abs_tol=1e-9):
-        raise ResultError(f"{path}: ran at sparsity {config.get('sparsity')}, the cell is at {cell.sparsity}")
+    spec = MethodSpec(str(config.get("method")), config.get("rigl_init") if ran.method.rigl_init else None)
+    if spec != ran.method:
+        raise ResultError(f"{path}: ran method {spec.spec!r}, the cell is {ran.method.spec!r}")
+    if not math.isclose(float(config.get("sparsity", -1.0)), ran.sparsity, abs_tol=1e-9):
+        raise ResultError(f"{path}: ran at sparsity {config.get('sparsity')}, the cell is at {ran.sparsity}")
+    if round_idx is not None:
+        if data.get("round") != round_idx:
+            raise ResultError(f"{path}: holds round {data.get('round')!r}, expected round {round_idx} for {cell}")
+        if abs(achieved - cell.sparsity) > ROUND_SPARSITY_TOLERANCE:
+            raise ResultError(f"{path}: round {round_idx} reached sparsity {achieved:.4f}, "
+                              f"the cell {cell} is at {cell.sparsity}")
     return data
 
 
-def build_result(cell: Cell, model: Optional[str], run: dict[str, Any], command: list[str], wall_time_s: float) -> dict:
-    """The cell's result record; `complete` comes last and marks a file written to the end."""
+def build_result(cell: Cell, model: Optional[str], run: dict[str, Any], command: list[str], wall_time_s: float,
+                 shared: Optional[dict[str, Any]] = None) -> dict:
+    """The cell's result record; `complete` comes last and marks a file written to the end.
+
+    `shared` says where a result that another run produced comes from (an LTH chain's round, or the dense
+    fine-tuning an after-training cell started from)."""
+    cell_data: dict[str, Any] = {"task": cell.task, "method": cell.method.spec, "sparsity": cell.sparsity,
+                                 "seed": cell.seed}
+    if cell.fold is not None:
+        cell_data["fold"] = cell.fold
     return {
         "format": FORMAT,
-        "cell": {"task": cell.task, "method": cell.method.spec, "sparsity": cell.sparsity, "seed": cell.seed},
+        "cell": cell_data,
         "model": model or str(run.get("model_name_or_path") or ""),
         "metric_name": run["metric_name"],
         "metric": float(run["metric"]),
@@ -104,6 +140,7 @@ def build_result(cell: Cell, model: Optional[str], run: dict[str, Any], command:
         "metrics": run.get("metrics", {}),
         "train_runtime": run.get("train_runtime"),
         "wall_time_s": wall_time_s,
+        **({"shared_run": shared} if shared else {}),
         "command": command,
         "versions": environment_versions(),
         "argv": sys.argv,
@@ -127,7 +164,10 @@ def read_result(path: str, root: Optional[str] = None) -> CellResult:
         spec = MethodSpec.parse(cell_data["method"])
     except ValueError as err:
         raise ResultError(f"{path}: {err}") from None
-    cell = Cell(cell_data["task"], spec, float(cell_data["sparsity"]), cell_data["seed"])
+    fold = cell_data.get("fold")
+    if fold is not None and (not isinstance(fold, int) or isinstance(fold, bool)):
+        raise ResultError(f"{path} (cell): field 'fold' has the wrong type ({type(fold).__name__})")
+    cell = Cell(cell_data["task"], spec, float(cell_data["sparsity"]), cell_data["seed"], fold=fold)
     if root is not None:
         where = os.path.relpath(os.path.dirname(os.path.abspath(path)), os.path.abspath(root))
         if os.path.normpath(where) != os.path.normpath(cell.relpath):
@@ -136,7 +176,7 @@ def read_result(path: str, root: Optional[str] = None) -> CellResult:
     achieved = _finite(data["sparsity"].get("achieved"), path, "sparsity.achieved")
     metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
     return CellResult(cell.task, spec.spec, cell.sparsity, cell.seed, data["model"], data["metric_name"], metric,
-                      achieved, float(data["wall_time_s"]), path, metrics)
+                      achieved, float(data["wall_time_s"]), path, metrics, fold)
 
 
 def scan_results(root: str) -> tuple[list[CellResult], list[str]]:

@@ -1,5 +1,8 @@
 """Result tables: mean ± std over seeds per (task, method, sparsity), as CSV and as Markdown.
 
+Cross-validation folds are pooled first, as the paper scores MAWPS and ASDiv-A: per seed, the sum of
+correct dev answers over all folds divided by the sum of dev examples (not the mean of fold accuracies).
+
 Also the benchmark's headline number per method: the largest sparsity up to which it stays within a
 tolerance (1 point by default) of the dense model.
 """
@@ -7,13 +10,15 @@ tolerance (1 point by default) of the dense model.
 from __future__ import annotations
 
 import csv
+import math
+import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
 from .grid import DENSE, MethodSpec, format_sparsity
 from .names import dataset_title, legend_rank, metric_label
-from .results import CellResult
+from .results import COUNT_KEYS, CellResult, ResultError
 
 #: Achieved sparsity further than this from the target is pointed out under the table.
 SPARSITY_TOLERANCE = 0.005
@@ -34,6 +39,8 @@ class GroupStats:
     seeds: tuple[int, ...]
     achieved_sparsity: float
     models: tuple[str, ...]
+    #: The cross-validation folds pooled into each value (empty: the task has none).
+    folds: tuple[int, ...] = ()
 
     @property
     def legend(self) -> str:
@@ -57,8 +64,58 @@ class GroupStats:
         return text if self.n == n_expected else f"{text} (n={self.n})"
 
 
+def pool_folds(results: Iterable[CellResult]) -> tuple[list[CellResult], list[str]]:
+    """One result per (task, method, sparsity, seed): fold results pooled by their counts of correct and
+    evaluated examples (`COUNT_KEYS`), 100 * sum(correct) / sum(examples) for a metric in percent.
+
+    A group whose folds lack the counts, or whose metric is not their ratio, cannot be pooled: it is left out
+    and named in the problems, never averaged instead.
+    """
+    plain, by_seed = [], {}
+    for result in results:
+        if result.fold is None:
+            plain.append(result)
+        else:
+            key = (result.task, result.method, round(result.sparsity, 6), result.seed)
+            by_seed.setdefault(key, []).append(result)
+    pooled, problems = list(plain), []
+    for (task, method, sparsity, seed), folds in by_seed.items():
+        folds.sort(key=lambda r: r.fold)
+        try:
+            pooled.append(_pool(folds))
+        except ResultError as err:
+            problems.append(f"{task} {method} s={format_sparsity(sparsity)} seed={seed}: folds not pooled: {err}")
+    return pooled, problems
+
+
+def _pool(folds: list[CellResult]) -> CellResult:
+    correct = total = 0
+    scale = None
+    for result in folds:
+        counts = result.counts()
+        if counts is None:
+            raise ResultError(f"{result.path} records no {' / '.join(COUNT_KEYS)} in its metrics")
+        c, n = counts
+        fold_scale = next((k for k in (100.0, 1.0) if math.isclose(result.metric, k * c / n, abs_tol=1e-6 * k)), None)
+        if fold_scale is None or (scale is not None and fold_scale != scale):
+            raise ResultError(f"{result.path}: {result.metric_name} = {result.metric} is not {c} / {n} correct")
+        scale = fold_scale
+        correct, total = correct + c, total + n
+    first = folds[0]
+    return replace(first, metric=scale * correct / total, fold=None,
+                   achieved_sparsity=statistics.fmean(r.achieved_sparsity for r in folds),
+                   wall_time_s=sum(r.wall_time_s for r in folds), path=os.path.dirname(first.path),
+                   metrics={COUNT_KEYS[0]: correct, COUNT_KEYS[1]: total,
+                            "folds": [r.fold for r in folds]})
+
+
 def aggregate(results: Iterable[CellResult]) -> list[GroupStats]:
-    """Group cell results over seeds, sorted by task, the paper's legend order and sparsity."""
+    """Group cell results over seeds (folds pooled first), sorted by task, the paper's legend order and sparsity.
+
+    Folds that cannot be pooled are an error here; `write_report` lists them instead (`pool_folds`)."""
+    results, problems = pool_folds(results)
+    if problems:
+        raise ValueError("; ".join(problems))
     groups: dict[tuple[str, str, float], list[CellResult]] = {}
     metric_names: dict[str, tuple[str, str]] = {}
     for result in results:
@@ -74,6 +131,7 @@ def aggregate(results: Iterable[CellResult]) -> list[GroupStats]:
             task, method, sparsity, members[0].metric_name,
             tuple(r.metric for r in members), tuple(r.seed for r in members),
             statistics.fmean(r.achieved_sparsity for r in members), tuple(sorted({r.model for r in members})),
+            tuple(sorted({f for r in members for f in r.metrics.get("folds", ()) if isinstance(f, int)})),
         ))
     stats.sort(key=lambda g: (g.task, legend_rank(g.method), g.sparsity))
     return stats
@@ -151,6 +209,10 @@ def markdown(groups: list[GroupStats], tolerance: float = 1.0, problems: Iterabl
         dense = dense_baseline(groups, task)
         lines += [f"## {dataset_title(task)} (`{task}`)", ""]
         spread = f"mean ± sample std over {n_expected} seeds" if n_expected > 1 else "one seed"
+        fold_sets = {g.folds for g in rows if g.folds}
+        if fold_sets:
+            spread += "; folds " + " / ".join(",".join(map(str, f)) for f in sorted(fold_sets)) + \
+                " pooled (correct / examples over all folds)"
         lines += [f"{metric_label(rows[0].metric_name)}, {spread} per cell; "
                   f"model: {', '.join(f'`{m}`' for m in models) or 'the task default'}.", ""]
         header = ["method", "dense"] + [format_sparsity(s) for s in sparsities]

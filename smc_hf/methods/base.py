@@ -24,6 +24,12 @@ class SparsityMethod:
     one_shot_capable: ClassVar[bool] = False
     #: Whether scoring needs calibration batches (gradients), so one-shot use must be given data.
     needs_data: ClassVar[bool] = False
+    #: Round 0 is a dense fine-tuning and the method can start from one already done (`skip_dense_phase`):
+    #: a sweep runs the dense fine-tuning once per task and seed and starts these methods from its output.
+    starts_from_dense_finetune: ClassVar[bool] = False
+    #: Round 0 is a dense fine-tuning and round k ends with the ticket of the run's k-th sparsity (the one
+    #: a run with k + 1 rounds ends at): one run to the highest sparsity yields every lower one (LTH).
+    rounds_are_tickets: ClassVar[bool] = False
 
     def __init__(self, config):
         self.config = config

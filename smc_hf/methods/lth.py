@@ -50,6 +50,7 @@ class LTH(SparsityMethod):
     """
 
     timing = "after"
+    rounds_are_tickets = True
 
     def __init__(self, config):
         super().__init__(config)

@@ -75,6 +75,7 @@ class _OneShotAfter(SparsityMethod):
 
     timing = "after"
     one_shot_capable = True
+    starts_from_dense_finetune = True
 
     @property
     def num_rounds(self) -> int:
