@@ -66,3 +66,36 @@ def test_sweep_killed_resumed_and_reported_through_run_glue_like(tmp_path):
     assert table == cells
     png = out / "report" / "csqa.png"
     assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 10_000
+
+
+def test_lth_chain_and_shared_dense_run_through_run_glue_like(tmp_path):
+    """The real entry script: the LTH chain records its dense round and its ticket from one run, OMP (After)
+    starts from the chain's round 0, and that dense round scores what a plain dense run does."""
+    rows = csqa_rows(6)
+    train = write_jsonl(str(tmp_path / "train.jsonl"), rows)
+    dev = write_jsonl(str(tmp_path / "dev.jsonl"), rows[:4])
+    model = tiny_roberta_dir(str(tmp_path / "roberta"), ["Q: Where is money kept? A: bank library store mall park"])
+
+    def sweep(out, methods):
+        return cli.main(["run", "--tasks", "csqa", "--methods", methods, "--sparsities", "0.2", "--seeds", "1",
+                         "--model", model, "--output", str(out),
+                         "--task-args", f"csqa=--train_file {train} --validation_file {dev}", "--", *TRAINING])
+
+    out = tmp_path / "results"
+    assert sweep(out, "lth,omp_after") == 0
+    chain = out / "csqa/lth/sparsity-0.2/seed-1/run"
+    round0 = json.loads((chain / "round-0" / "all_results.json").read_text())
+    assert round0["round"] == 0 and round0["sparsity"]["achieved"] == 0.0
+    dense = json.loads((out / "csqa/dense/sparsity-0/seed-1/result.json").read_text())
+    assert dense["metric"] == round0["metric"] and dense["shared_run"]["round"] == 0
+    ticket = json.loads((out / "csqa/lth/sparsity-0.2/seed-1/result.json").read_text())
+    assert ticket["sparsity"]["achieved"] == pytest.approx(0.2, abs=0.005)
+    after = json.loads((out / "csqa/omp_after/sparsity-0.2/seed-1/result.json").read_text())
+    assert after["sparsity_config"]["skip_dense_phase"] is True and after["model"] == model
+    assert after["sparsity"]["achieved"] == pytest.approx(0.2, abs=0.005)
+    assert "--skip_dense_phase" in after["command"] and str(chain / "round-0") in after["command"]
+
+    plain = tmp_path / "plain"
+    assert sweep(plain, "dense") == 0
+    alone = json.loads((plain / "csqa/dense/sparsity-0/seed-1/result.json").read_text())
+    assert alone["metric"] == dense["metric"] and alone["metrics"]["eval_loss"] == dense["metrics"]["eval_loss"]

@@ -212,6 +212,7 @@ class _Sweep:
                 wall_s = wall
                 if unit.source is not None:
                     shared = {"dense_run": os.path.relpath(unit.source.dense_dir(self.results_dir), self.results_dir)}
+            os.makedirs(cell_dir(self.results_dir, cell), exist_ok=True)
             write_json_atomic(os.path.join(cell_dir(self.results_dir, cell), RESULT_FILE),
                               build_result(cell, self._model(unit, run), run, command, wall_s, shared))
             self.done.add(cell.key)
