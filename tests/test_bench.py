@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # round-K/sparsity_round.json as each round but the last ends; --resume_from_checkpoint True continues after the
 # last finished round). Logs each process to FAKE_LOG and each fine-tuning (round) to FAKE_LOG.rounds; on
 # FAKE_KILL_AT="method/sparsity" kills the sweep (its parent) once, mid-cell, and on "lth/round-K" at the start
-# of round K; on FAKE_FAIL="method" exits with an error. Cross-validated runs record eval_num_correct/examples.
+# of round K; on FAKE_FAIL="method" exits with an error. Cross-validated runs record eval_answer_correct/eval_examples.
 FAKE_ENTRY = textwrap.dedent("""
     import argparse, json, math, os, signal, sys
     p = argparse.ArgumentParser()
@@ -93,7 +93,7 @@ FAKE_ENTRY = textwrap.dedent("""
             total = 100 + 10 * a.fold
             correct = round(metric / 100 * total) - a.fold
             metric = 100.0 * correct / total
-            metrics = {"eval_accuracy": metric, "eval_num_correct": correct, "eval_num_examples": total}
+            metrics = {"eval_accuracy": metric, "eval_answer_correct": correct, "eval_examples": total}
         out = a.output_dir if last else os.path.join(a.output_dir, f"round-{k}")
         os.makedirs(out, exist_ok=True)
         results = {"task": a.task, "metric_name": "accuracy", "metric": metric, "metrics": metrics,

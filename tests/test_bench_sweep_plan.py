@@ -127,11 +127,11 @@ def test_folds_are_a_grid_axis_and_the_report_pools_their_counts(fake, tmp_path)
     # a fold without counts is named, not averaged in
     path = out / "mawps/dense/sparsity-0/seed-1/fold-4/result.json"
     data = json.loads(path.read_text())
-    del data["metrics"]["eval_num_correct"]
+    del data["metrics"]["eval_answer_correct"]
     path.write_text(json.dumps(data))
     assert cli.main(["report", str(out)]) == 0
     md = (out / "report" / "summary.md").read_text()
-    assert "mawps dense s=0 seed=1: folds not pooled" in md and "eval_num_correct" in md
+    assert "mawps dense s=0 seed=1: folds not pooled" in md and "eval_answer_correct" in md
 
 
 def test_jobs_give_each_run_its_own_share_of_the_cores(fake, tmp_path):

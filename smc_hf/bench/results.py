@@ -23,9 +23,11 @@ RESULT_FILE = "result.json"
 RUN_RESULTS_FILE = "all_results.json"
 FORMAT = "smc-bench-cell/1"
 _PACKAGES = ("torch", "transformers", "accelerate", "datasets", "peft")
-#: Evaluation metrics a cross-validated task records in each fold's `metrics`: the number of dev examples
-#: answered correctly and evaluated. The report pools folds with them (sum correct / sum examples), as the paper.
-COUNT_KEYS = ("eval_num_correct", "eval_num_examples")
+#: Evaluation metrics a cross-validated task records in each fold's `metrics` (tasks/arithmetic.py): the
+#: number of dev examples answered correctly and evaluated, with `best_` in front for the best evaluation when
+#: the run reports that one (`metric_rule` "best"). The report pools folds with them (sum correct / sum
+#: examples), as the paper.
+COUNT_KEYS = ("eval_answer_correct", "eval_examples")
 #: How far an LTH round's achieved sparsity may be from its cell's (the grid prints 0.59 for 0.5904).
 ROUND_SPARSITY_TOLERANCE = 0.01
 
@@ -52,14 +54,20 @@ class CellResult:
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
     #: Cross-validation fold (None: the task has none).
     fold: Optional[int] = None
+    #: Which evaluation `metric` is: "best" over training (the paper) or "final".
+    metric_rule: str = "final"
+
+    def count_keys(self) -> tuple[str, str]:
+        prefix = "best_" if self.metric_rule == "best" else ""
+        return tuple(prefix + key for key in COUNT_KEYS)
 
     def counts(self) -> Optional[tuple[int, int]]:
-        """(correct, examples) of the evaluation, when the run recorded them (`COUNT_KEYS` in `metrics`)."""
-        correct, total = (self.metrics.get(k) for k in COUNT_KEYS)
+        """(correct, examples) of the evaluation `metric` reports, when the run recorded them (`count_keys`)."""
+        correct, total = (self.metrics.get(k) for k in self.count_keys())
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (correct, total)):
             return None
         if total <= 0 or not 0 <= correct <= total or correct != int(correct) or total != int(total):
-            raise ResultError(f"{self.path}: {COUNT_KEYS[0]} = {correct}, {COUNT_KEYS[1]} = {total} are not counts "
+            raise ResultError(f"{self.path}: {self.count_keys()[0]} = {correct}, {self.count_keys()[1]} = {total} are not counts "
                               "of correct and evaluated examples")
         return int(correct), int(total)
 
@@ -135,6 +143,7 @@ def build_result(cell: Cell, model: Optional[str], run: dict[str, Any], command:
         "model": model or str(run.get("model_name_or_path") or ""),
         "metric_name": run["metric_name"],
         "metric": float(run["metric"]),
+        **{key: run[key] for key in ("metric_rule", "final_metric") if key in run},
         "sparsity": run["sparsity"],
         "sparsity_config": run["sparsity_config"],
         "metrics": run.get("metrics", {}),
@@ -176,7 +185,8 @@ def read_result(path: str, root: Optional[str] = None) -> CellResult:
     achieved = _finite(data["sparsity"].get("achieved"), path, "sparsity.achieved")
     metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
     return CellResult(cell.task, spec.spec, cell.sparsity, cell.seed, data["model"], data["metric_name"], metric,
-                      achieved, float(data["wall_time_s"]), path, metrics, fold)
+                      achieved, float(data["wall_time_s"]), path, metrics, fold,
+                      "best" if data.get("metric_rule") == "best" else "final")
 
 
 def scan_results(root: str) -> tuple[list[CellResult], list[str]]:

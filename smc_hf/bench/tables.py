@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 
 from .grid import DENSE, MethodSpec, format_sparsity
 from .names import dataset_title, legend_rank, metric_label
-from .results import COUNT_KEYS, CellResult, ResultError
+from .results import CellResult, ResultError
 
 #: Achieved sparsity further than this from the target is pointed out under the table.
 SPARSITY_TOLERANCE = 0.005
@@ -66,7 +66,7 @@ class GroupStats:
 
 def pool_folds(results: Iterable[CellResult]) -> tuple[list[CellResult], list[str]]:
     """One result per (task, method, sparsity, seed): fold results pooled by their counts of correct and
-    evaluated examples (`COUNT_KEYS`), 100 * sum(correct) / sum(examples) for a metric in percent.
+    evaluated examples (`results.COUNT_KEYS`), 100 * sum(correct) / sum(examples) for a metric in percent.
 
     A group whose folds lack the counts, or whose metric is not their ratio, cannot be pooled: it is left out
     and named in the problems, never averaged instead.
@@ -94,7 +94,7 @@ def _pool(folds: list[CellResult]) -> CellResult:
     for result in folds:
         counts = result.counts()
         if counts is None:
-            raise ResultError(f"{result.path} records no {' / '.join(COUNT_KEYS)} in its metrics")
+            raise ResultError(f"{result.path} records no {' / '.join(result.count_keys())} in its metrics")
         c, n = counts
         fold_scale = next((k for k in (100.0, 1.0) if math.isclose(result.metric, k * c / n, abs_tol=1e-6 * k)), None)
         if fold_scale is None or (scale is not None and fold_scale != scale):
@@ -105,8 +105,7 @@ def _pool(folds: list[CellResult]) -> CellResult:
     return replace(first, metric=scale * correct / total, fold=None,
                    achieved_sparsity=statistics.fmean(r.achieved_sparsity for r in folds),
                    wall_time_s=sum(r.wall_time_s for r in folds), path=os.path.dirname(first.path),
-                   metrics={COUNT_KEYS[0]: correct, COUNT_KEYS[1]: total,
-                            "folds": [r.fold for r in folds]})
+                   metrics={**dict(zip(first.count_keys(), (correct, total))), "folds": [r.fold for r in folds]})
 
 
 def aggregate(results: Iterable[CellResult]) -> list[GroupStats]:
