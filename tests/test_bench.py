@@ -111,8 +111,8 @@ FAKE_ENTRY = textwrap.dedent("""
 """)
 
 
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
+def make_fake(tmp_path, monkeypatch):
+    """The stand-in entry script, and a reader of the processes it ran."""
     entry = tmp_path / "fake_entry.py"
     entry.write_text(FAKE_ENTRY)
     log = tmp_path / "calls.jsonl"
@@ -124,11 +124,15 @@ def fake(tmp_path, monkeypatch):
     return str(entry), calls
 
 
-@pytest.fixture
-def rounds(tmp_path):
-    """Every fine-tuning the fake entry did: [task, method, sparsity, seed, fold, round]."""
+def read_rounds(tmp_path):
+    """Every fine-tuning the stand-in did: [task, method, sparsity, seed, fold, round]."""
     log = tmp_path / "calls.jsonl.rounds"
-    return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    return make_fake(tmp_path, monkeypatch)
 
 
 def sweep_argv(entry, out, *extra):

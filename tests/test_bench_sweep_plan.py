@@ -15,7 +15,17 @@ import pytest
 from smc_hf.bench import Launcher, build_grid, build_plan, parse_folds, parse_methods, read_result, run_sweep
 from smc_hf.bench.sweep import slot_env, thread_slots
 from smc_hf.cli import bench as cli
-from tests.test_bench import ROOT, fake, rounds  # noqa: F401  (fixtures)
+from tests.test_bench import ROOT, make_fake, read_rounds
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    return make_fake(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def rounds(tmp_path):
+    return lambda: read_rounds(tmp_path)
 
 
 def argv(entry, out, methods, sparsities, *extra, tasks="toy", seeds="1"):
