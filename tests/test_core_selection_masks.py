@@ -111,3 +111,66 @@ def test_default_selection_on_esm_and_mbart():
     names = list(select_parameters(mbart))
     assert len(names) == 6 + 10  # encoder: q k v out fc1 fc2; decoder adds cross-attention q k v out
     assert not any("lm_head" in n or "embed" in n for n in names)
+
+
+def _tiny_solver():
+    from transformers import RobertaConfig as _RC
+
+    from tasks.arithmetic_model import ArithmeticSolver, ArithmeticSolverConfig
+
+    torch.manual_seed(0)
+    encoder = _RC(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=40)
+    return ArithmeticSolver(ArithmeticSolverConfig(encoder_config=encoder.to_dict(), max_num_slots=4,
+                                                   decoder_hidden=16, decoder_layers=2, max_output_length=7))
+
+
+def test_packed_attention_projections_are_selected_with_their_out_proj():
+    """nn.MultiheadAttention keeps q/k/v in one `in_proj_weight` Parameter (no nn.Linear): it is selected beside
+    its out_proj, so the arithmetic solver's decoder attention is pruned whole (issue 11, bug 1)."""
+    model = _tiny_solver()
+    names = list(select_parameters(model))
+    attn = [f"decoder.layers.{i}.{a}" for i in range(2) for a in ("self_attn", "multihead_attn")]
+    for prefix in attn:
+        assert f"{prefix}.in_proj_weight" in names and f"{prefix}.out_proj.weight" in names
+        assert names.index(f"{prefix}.in_proj_weight") + 1 == names.index(f"{prefix}.out_proj.weight")
+    # encoder: 6 Linear (q, k, v, attn out, intermediate, output); enc_proj; per decoder layer two attentions
+    # (in_proj 48x16 + out_proj 16x16) and linear1/linear2 (64x16, 16x64); fixed_out (4x16), number_out (16x16)
+    expected = 4 * 32 * 32 + 2 * 64 * 32 + 32 * 16 + 2 * (2 * (48 * 16 + 16 * 16) + 2 * 64 * 16) + 4 * 16 + 16 * 16
+    assert sum(p.numel() for p in select_parameters(model).values()) == expected
+    masks = MaskSet.for_model(model)
+    assert masks.numel() == expected
+
+
+def test_unpacked_multihead_attention_selects_its_three_projections():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.MultiheadAttention(8, 2, kdim=4, vdim=6))
+    names = list(select_parameters(model))
+    assert names == ["0.q_proj_weight", "0.k_proj_weight", "0.v_proj_weight", "0.out_proj.weight"]
+
+
+def test_gpt2_packed_c_attn_is_a_conv1d_and_selected():
+    from transformers import GPT2Config, GPT2Model
+
+    model = GPT2Model(GPT2Config(vocab_size=40, n_positions=16, n_embd=8, n_layer=1, n_head=2))
+    assert list(select_parameters(model)) == ["h.0.attn.c_attn.weight", "h.0.attn.c_proj.weight",
+                                              "h.0.mlp.c_fc.weight", "h.0.mlp.c_proj.weight"]
+
+
+def test_release_embeddings_heads_selection_is_the_release_readme_set():
+    """The release's default (flag --no-pruning-emb-heads off): word and position embeddings, every attention and
+    feed-forward matrix, and the classification head (fairseq dense + out_proj = HF pooler.dense + classifier)."""
+    from transformers import RobertaForMultipleChoice
+
+    torch.manual_seed(0)
+    model = RobertaForMultipleChoice(RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                                   num_attention_heads=2, intermediate_size=32))
+    names = list(select_parameters(model, selection="release-embeddings-heads"))
+    layers = [f"roberta.encoder.layer.{i}.{m}.weight" for i in range(2) for m in (
+        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+        "intermediate.dense", "output.dense")]
+    assert names == (["roberta.embeddings.word_embeddings.weight", "roberta.embeddings.position_embeddings.weight"]
+                     + layers + ["roberta.pooler.dense.weight", "classifier.weight"])
+    assert list(select_parameters(model)) == layers
+    with pytest.raises(ValueError, match="unknown selection 'all'; choose one of default, release-embeddings-heads"):
+        select_parameters(model, selection="all")
