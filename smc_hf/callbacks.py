@@ -86,7 +86,9 @@ class SparsityCallback(TrainerCallback, ExportableState):
 
     def bind(self, model) -> None:
         if self.masks is None:
-            self.masks = MaskSet.for_model(model, targets=self.config.targets, ignore=self.config.ignore)
+            self.masks = MaskSet.for_model(
+                model, targets=self.config.targets, ignore=self.config.ignore, selection=self.config.selection
+            )
         else:
             self.masks.rebind(model)
 

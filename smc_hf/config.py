@@ -39,13 +39,26 @@ class SparsityConfig:
         "--sparsity_targets",
     )
     ignore: Optional[list[str]] = _arg(None, "Regexes over parameter names never to prune.", "--sparsity_ignore")
+    selection: str = _arg(
+        "default",
+        "Named default selection when no targets are given: default (attention and feed-forward of the backbone) "
+        "or release-embeddings-heads (also embeddings, pooler and task head, as the release's README commands).",
+        "--sparsity_selection",
+    )
     begin_step: Optional[float] = _arg(
         None, "First optimizer step of a gradual schedule (fraction of training if < 1).", "--sparsity_begin_step"
     )
     end_step: Optional[float] = _arg(
         None, "Last optimizer step of a gradual schedule (fraction of training if < 1).", "--sparsity_end_step"
     )
-    update_every: Optional[int] = _arg(None, "Optimizer steps between mask updates.", "--sparsity_update_every")
+    update_every: Optional[int] = _arg(
+        None, "Optimizer steps between mask updates, at its multiples (default: a sixth of training, the release's "
+        "500 of 3000 on CSQA; tasks set the release's value).", "--sparsity_update_every",
+    )
+    exact_end: bool = _arg(
+        True, "GMP, obert_gradual: a last update exactly at end_step reaches the target (False: the release's "
+        "updates strictly before end_step, which stop at ~99% of it).", "--sparsity_exact_end",
+    )
     mask_seed: Optional[int] = _arg(None, "Seed for random masks and calibration order (default: --seed).")
     skip_dense_phase: bool = _arg(
         False, "After-training methods: the model is already fine-tuned, so prune at once and re-train."
@@ -54,11 +67,28 @@ class SparsityConfig:
     snip_batches: int = _arg(1, "SNIP: training batches whose |grad * weight| scores are summed.")
     rigl_init: str = _arg("omp", "RigL: initial mask from omp, snip or random.")
     drop_fraction: float = _arg(0.5, "RigL: initial fraction of active weights dropped per update (cosine-decayed).")
+    drop_fraction_min: float = _arg(
+        0.005, "RigL: the drop fraction the cosine decay reaches at end_step (the release's eta_min 0.005)."
+    )
     lth_rate: float = _arg(0.2, "LTH/IMP: fraction of the remaining weights pruned per round.")
     rewind_step: int = _arg(0, "LTH/IMP: rewind to the weights after this many optimizer steps (0 = pre-trained).")
-    obert_num_grads: int = _arg(1024, "oBERT: gradient samples in the empirical Fisher.")
-    obert_block_size: int = _arg(50, "oBERT: consecutive weights per Fisher block.")
+    lth_rewind: bool = _arg(
+        True, "LTH/IMP: rewind after each pruning (False: keep training the pruned weights, learning-rate "
+        "rewinding only, as the release's ESM-1b LTH)."
+    )
+    obert_num_grads: Optional[int] = _arg(
+        None, "oBERT: gradient samples (batches) in the empirical Fisher (default: obert one full pass over the "
+        "training data, as the release; obert_gradual 1024).",
+    )
+    obert_block_size: Optional[int] = _arg(
+        None, "oBERT: consecutive weights per Fisher block (default: obert 1, the release's diagonal Fisher; "
+        "obert_gradual 50).",
+    )
     obert_damp: float = _arg(1e-7, "oBERT: Fisher damping.")
+    obert_weight_update: Optional[bool] = _arg(
+        None, "oBERT: move the kept weights by the OBS update when pruning (default: obert no, as the release; "
+        "obert_gradual yes, as the oBERT paper).",
+    )
 
     def __post_init__(self):
         from .allocation import DISTRIBUTIONS
@@ -91,17 +121,33 @@ class SparsityConfig:
             raise ValueError(f"begin_step ({b}) must come before end_step ({e})")
         self._check_range("update_every", 1, None, allow_none=True)
         self._check_range("snip_batches", 1, None)
-        self._check_range("obert_num_grads", 1, None)
-        self._check_range("obert_block_size", 1, None)
+        self._check_range("obert_num_grads", 1, None, allow_none=True)
+        self._check_range("obert_block_size", 1, None, allow_none=True)
+        self._check_selection()
         self._check_range("rewind_step", 0, None)
         self._check_range("erk_power_scale", 0.0, None)
         if not 0.0 < self.lth_rate < 1.0:
             raise ValueError(f"lth_rate must be in (0, 1), got {self.lth_rate}")
         if not 0.0 < self.drop_fraction <= 1.0:
             raise ValueError(f"drop_fraction must be in (0, 1], got {self.drop_fraction}")
+        if not 0.0 <= self.drop_fraction_min <= self.drop_fraction:
+            raise ValueError(
+                f"drop_fraction_min must be in [0, drop_fraction = {self.drop_fraction}], got {self.drop_fraction_min}"
+            )
         if not self.obert_damp > 0:
             raise ValueError(f"obert_damp must be > 0, got {self.obert_damp}")
         METHODS.get(self.method).validate(self)
+
+    def _check_selection(self) -> None:
+        from .selection import SELECTIONS
+
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.targets and self.selection != "default":
+            raise ValueError(
+                f"targets replace the named selection, so selection = {self.selection!r} would be ignored; "
+                "give one of them"
+            )
 
     def _check_range(self, name: str, low, high, allow_none: bool = False):
         value = getattr(self, name)

@@ -65,10 +65,10 @@ class MaskSet:
         self.version = 0
 
     @classmethod
-    def for_model(cls, model: nn.Module, targets=None, ignore=None) -> "MaskSet":
+    def for_model(cls, model: nn.Module, targets=None, ignore=None, selection: str = "default") -> "MaskSet":
         from .selection import select_parameters
 
-        return cls(select_parameters(model, targets=targets, ignore=ignore))
+        return cls(select_parameters(model, targets=targets, ignore=ignore, selection=selection))
 
     # -- binding ---------------------------------------------------------------------------------------
     def rebind(self, model: nn.Module) -> None:

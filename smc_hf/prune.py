@@ -18,7 +18,7 @@ def prune_model(model: nn.Module, config: SparsityConfig, dataloader: Optional[I
     `dataloader` supplies calibration batches for gradient-based criteria (SNIP, oBERT).
     """
     method = build_method(config)
-    masks = MaskSet.for_model(model, targets=config.targets, ignore=config.ignore)
+    masks = MaskSet.for_model(model, targets=config.targets, ignore=config.ignore, selection=config.selection)
     seed = config.mask_seed if config.mask_seed is not None else 0
     method.one_shot(PruneContext(model=model, masks=masks, seed=seed, dataloader=dataloader))
     masks.apply_to_weights()

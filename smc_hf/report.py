@@ -77,7 +77,8 @@ def sparsity_report(model: nn.Module, masks: Optional[MaskSet] = None, config=No
         params = masks.params
     else:
         params = select_parameters(
-            model, targets=getattr(config, "targets", None), ignore=getattr(config, "ignore", None)
+            model, targets=getattr(config, "targets", None), ignore=getattr(config, "ignore", None),
+            selection=getattr(config, "selection", "default"),
         )
     # With masks, counts go through the MaskSet, which knows full shapes and sharded weights (smc_hf.distributed).
     zeros = masks.weight_zeros() if masks is not None else {n: int((p == 0).sum()) for n, p in params.items()}

@@ -26,16 +26,27 @@ def cubic_sparsity(step: int, begin: int, end: int, final: float, initial: float
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
+#: Default mask-update interval: a sixth of training, the release's 500 of 3000 steps on CSQA (GMP and RigL).
+DEFAULT_UPDATES_PER_RUN = 6
+
+
+def default_interval(max_steps: int) -> int:
+    return max(1, round(max_steps / DEFAULT_UPDATES_PER_RUN))
+
+
 @dataclass
 class GradualSchedule:
-    """Mask updates every `every` steps from `begin` to `end`, with a last update exactly at `end`."""
+    """Mask updates at the multiples of `every` in [begin, end), as the release's GMP (`steps % update_frequency
+    == 0` between 10% and 80% of training); with `exact_end`, one more update exactly at `end`, where the cubic
+    curve reaches the target (the release's last event, strictly before `end`, stops at ~99% of it)."""
 
     begin: int
     end: int
     every: int
+    exact_end: bool = True
 
     @classmethod
-    def from_config(cls, config, max_steps: int, begin: float, end: float, events: int = 10) -> "GradualSchedule":
+    def from_config(cls, config, max_steps: int, begin: float, end: float) -> "GradualSchedule":
         b = resolve_step(config.begin_step, max_steps, begin, "begin_step")
         e = resolve_step(config.end_step, max_steps, end, "end_step")
         if e <= b:
@@ -43,8 +54,22 @@ class GradualSchedule:
                 f"the schedule needs begin_step < end_step, got steps {b} and {e} of {max_steps}; "
                 "train longer or move the schedule"
             )
-        every = config.update_every or max(1, math.ceil((e - b) / events))
-        return cls(b, e, every)
+        every = config.update_every or default_interval(max_steps)
+        schedule = cls(b, e, every, bool(getattr(config, "exact_end", True)))
+        if not schedule.events():
+            raise ValueError(
+                f"the schedule never prunes: no multiple of update_every = {every} lies in [{b}, {e}) and "
+                "exact_end is off; lower update_every or turn exact_end on"
+            )
+        return schedule
 
     def is_update(self, step: int) -> bool:
-        return self.begin <= step <= self.end and ((step - self.begin) % self.every == 0 or step == self.end)
+        if self.exact_end and step == self.end:
+            return True
+        return self.begin <= step < self.end and step % self.every == 0
+
+    def events(self) -> list[int]:
+        """Every update step, in order."""
+        first = max(self.every, math.ceil(self.begin / self.every) * self.every)
+        steps = list(range(first, self.end, self.every))
+        return steps + [self.end] if self.exact_end else steps

@@ -173,7 +173,7 @@ def select_targets(
     from .selection import parameter_aliases, select_parameters
 
     model = _meta_model(folder, model_class, trust_remote_code)
-    selected = select_parameters(model, targets=config.targets, ignore=config.ignore)
+    selected = select_parameters(model, targets=config.targets, ignore=config.ignore, selection=config.selection)
     aliases = parameter_aliases(model)
     prefix = (getattr(model, "base_model_prefix", "") or "") + "."
     where = {info.name: (path, info) for path, infos in headers.items() for info in infos}

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from smc_hf import SparseTrainer, SparsityConfig
-from smc_hf.allocation import erk_keep_counts
+from smc_hf.context import PruneContext
+from smc_hf.methods.rigl import RigL, drop_fraction_at
 from smc_hf.masks import unwrap_optimizer
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
@@ -68,13 +69,15 @@ def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("init", ["omp", "snip", "random"])
 def test_every_update_moves_the_scheduled_connections_and_keeps_inactive_state_zero(tmp_path, init):
-    cfg = SparsityConfig(method="rigl", sparsity=0.6, rigl_init=init, update_every=2, drop_fraction=0.5)
+    cfg = SparsityConfig(method="rigl", sparsity=0.6, rigl_init=init, update_every=2, drop_fraction=0.5, end_step=5)
     trainer, rec = _train(tmp_path, cfg)
-    assert [u["step"] for u in rec.updates] == [2, 4]  # end_step = 75% of 8 = 6, exclusive
+    assert [u["step"] for u in rec.updates] == [2, 4]  # multiples of update_every up to end_step
     total = sum(m.numel() for m in rec.initial.values())
-    assert sum(int((~m).sum()) for m in rec.initial.values()) == round(0.6 * total)
+    # a random start is uniform (each layer rounds its own count), omp and snip global
+    pruned = sum(round(0.6 * m.numel()) for m in rec.initial.values()) if init == "random" else round(0.6 * total)
+    assert sum(int((~m).sum()) for m in rec.initial.values()) == pruned
     for u in rec.updates:
-        fraction = 0.5 * (1 + math.cos(math.pi * u["step"] / 6)) / 2
+        fraction = 0.005 + (0.5 - 0.005) * (1 + math.cos(math.pi * u["step"] / 5)) / 2
         moved = 0
         for name, old in u["old"].items():
             new = u["new"][name]
@@ -93,18 +96,17 @@ def test_every_update_moves_the_scheduled_connections_and_keeps_inactive_state_z
                 assert bool((value[~new] == 0).all()) and bool((value[grown] == 0).all()), (name, key)
         assert moved > 0
     final = trainer.sparsity_callback.masks
-    assert sum(final.weight_zeros().values()) >= round(0.6 * total)
-    assert sum(int((~m).sum()) for m in final.masks.values()) == round(0.6 * total)
-    if init == "random":  # ERK layer densities by default for a random start
-        keep = erk_keep_counts([tuple(m.shape) for m in rec.initial.values()], 0.6)
-        assert [int(m.sum()) for m in rec.initial.values()] == keep
+    assert sum(final.weight_zeros().values()) >= pruned
+    assert sum(int((~m).sum()) for m in final.masks.values()) == pruned
+    if init == "random":  # uniform layer densities for a random start, as the paper's Random+RigL
+        assert [int((~m).sum()) for m in rec.initial.values()] == [round(0.6 * m.numel()) for m in rec.initial.values()]
 
 
 def test_updates_count_optimizer_steps_under_gradient_accumulation(tmp_path):
     cfg = SparsityConfig(method="rigl", sparsity=0.5, update_every=2)
     trainer, rec = _train(tmp_path, cfg, gradient_accumulation_steps=2, per_device_train_batch_size=2)
     assert trainer.sparsity_callback.step == 8
-    assert [u["step"] for u in rec.updates] == [2, 4]
+    assert [u["step"] for u in rec.updates] == [2, 4, 6, 8]
     assert all(any(not torch.equal(u["old"][n], u["new"][n]) for n in u["old"]) for u in rec.updates)
 
 
@@ -138,10 +140,43 @@ def test_bad_options_are_rejected_before_training(tmp_path):
     before = [p.detach().clone() for p in model.parameters()]
     for cfg, message in [
         (SparsityConfig(method="rigl", sparsity=0.5, end_step=50), "end_step = 50 is step 50, past the end of"),
-        (SparsityConfig(method="rigl", sparsity=0.5, update_every=6), "rigl would never update the mask"),
+        (SparsityConfig(method="rigl", sparsity=0.5, update_every=9), "rigl would never update the mask"),
     ]:
         trainer = SparseTrainer(model=model, args=training_args(tmp_path, max_steps=8),
                                 train_dataset=ToyClassification(), sparsity_config=cfg)
         with pytest.raises(ValueError, match=message):
             trainer.train()
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def _schedule(max_steps, **kwargs):
+    method = RigL(SparsityConfig(method="rigl", sparsity=0.5, **kwargs))
+    method.setup(PruneContext(model=None, masks=None, max_steps=max_steps))
+    return method
+
+
+def test_release_schedule_csqa_updates_to_the_last_step_with_the_cosine_floor():
+    """CSQA: 3000 steps, the release's --update-frequency 500: updates at 500 ... 3000, the drop fraction cosine-
+    decayed from 0.5 to the release's eta_min 0.005 over the whole run (0.467 at the first update)."""
+    method = _schedule(3000, update_every=500)
+    steps = method.update_steps()
+    assert steps == [500, 1000, 1500, 2000, 2500, 3000] and all(method.is_update(t) for t in steps)
+    assert not method.is_update(3001) and not method.is_update(250)
+    fractions = [drop_fraction_at(t, method.end, 0.5, method.config.drop_fraction_min) for t in steps]
+    assert fractions[-1] == pytest.approx(0.005, abs=1e-12)
+    assert fractions[0] == pytest.approx(0.005 + 0.495 * (1 + math.cos(math.pi / 6)) / 2)
+    assert fractions[3] == pytest.approx(0.12875, abs=1e-5)  # step 2000 (the old default gave 0.015 there)
+    assert _schedule(3000).update_steps() == steps  # no task value: a sixth of training, CSQA's ratio
+
+
+def test_release_schedule_arithmetic_updates_every_1000_steps():
+    """MAWPS fold: ~3850 problems / batch 4 x 50 epochs = 19,250 steps, --update_frequency 1000: 19 updates."""
+    method = _schedule(19250, update_every=1000)
+    assert method.update_steps() == list(range(1000, 19001, 1000)) and len(method.update_steps()) == 19
+
+
+def test_random_start_is_uniform_unless_a_distribution_is_given():
+    assert RigL(SparsityConfig(method="rigl", sparsity=0.5, rigl_init="random")).distribution == "uniform"
+    assert RigL(SparsityConfig(method="rigl", sparsity=0.5, rigl_init="omp")).distribution == "global"
+    cfg = SparsityConfig(method="rigl", sparsity=0.5, rigl_init="random", distribution="erk")
+    assert RigL(cfg).distribution == "erk"

@@ -12,8 +12,10 @@ from .registry import METHODS
 class GMP(SparsityMethod):
     """Gradual magnitude pruning (Zhu & Gupta 2017): global magnitude, cubic from 0 to the target.
 
-    Defaults follow SMC-Bench: begin at 10% and end at 80% of training. Unlike the paper's code, the
-    last update lands exactly on `end_step`, so the run reaches the target rather than ~99% of it.
+    As SMC-Bench's release: updates at the multiples of `update_every` (the task's value, e.g. 500 on CSQA and
+    1,000 on arithmetic; default a sixth of training) from 10% up to 80% of training. Unlike the release, a last
+    update lands exactly on `end_step`, so the run reaches the target rather than ~99% of it; `exact_end=False`
+    restores the release's schedule.
     """
 
     timing = "during"

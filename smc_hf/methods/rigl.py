@@ -12,7 +12,7 @@ from ..allocation import ordered_keys, prune_lowest
 from ..context import PruneContext
 from ..criteria import CRITERIA
 from ..masks import unwrap_optimizer
-from ..schedules import resolve_step
+from ..schedules import default_interval, resolve_step
 from .base import SparsityMethod
 from .registry import METHODS
 
@@ -21,11 +21,11 @@ logger = logging.getLogger(__name__)
 INITS = {"omp": "magnitude", "snip": "snip", "random": "random"}
 
 
-def drop_fraction_at(step: int, end: int, initial: float) -> float:
-    """Cosine decay of the drop fraction: initial * (1 + cos(pi * t / end)) / 2, zero from `end` on."""
+def drop_fraction_at(step: int, end: int, initial: float, final: float = 0.005) -> float:
+    """The release's CosineDecay: final + (initial - final) * (1 + cos(pi * t / end)) / 2, `final` from `end` on."""
     if step >= end:
-        return 0.0
-    return initial * (1.0 + math.cos(math.pi * step / end)) / 2.0
+        return final
+    return final + (initial - final) * (1.0 + math.cos(math.pi * step / end)) / 2.0
 
 
 def drop_count(active: int, inactive: int, fraction: float) -> int:
@@ -40,20 +40,21 @@ def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 @METHODS.register("rigl")
 class RigL(SparsityMethod):
-    """Start from an OMP, SNIP or random mask (`rigl_init`), then every `update_every` optimizer steps until
-    `end_step` (default 75% of training) move connections inside each layer.
+    """Start from an OMP, SNIP or random mask (`rigl_init`), then at every multiple of `update_every` up to
+    `end_step` (default: the last step, as SMC-Bench's release) move connections inside each layer.
 
     An update at step t drops, in each layer, n = round(f_t * active) active weights of smallest magnitude, with
-    f_t = drop_fraction * (1 + cos(pi t / end_step)) / 2, and grows n where the dense gradient of step t is
-    largest among the weights that were inactive before the drop. Just-dropped weights are not regrown in the
-    same update, so every update moves exactly n connections per layer and layer densities never change.
-    Grown weights start at 0 with zeroed optimizer state.
+    the release's cosine decay f_t = m + (drop_fraction - m) * (1 + cos(pi t / end_step)) / 2 and
+    m = `drop_fraction_min` (0.005), and grows n where the dense gradient of step t is largest among the weights
+    that were inactive before the drop. Just-dropped weights are not regrown in the same update, so every update
+    moves exactly n connections per layer and layer densities never change. Grown weights start at 0 with zeroed
+    optimizer state.
 
     The gradient is the one the Trainer computed for step t (accumulated over its micro-batches): the growth set
     is chosen in `before_optimizer_step`, where gradients are still dense, and the mask is changed after the
-    optimizer step, so no extra forward pass is made. Default update interval: a sixth of training, as
-    SMC-Bench's 500 of 3000 steps on CSQA. Layer densities come from the distribution (default: ERK for a
-    random start, global for OMP and SNIP).
+    optimizer step, so no extra forward pass is made. Update interval: the task's (the release's 500 on CSQA and
+    protein, 1,000 on arithmetic), else a sixth of training. Layer densities come from the distribution (default:
+    uniform for a random start, as the paper's Random+RigL; global for OMP and SNIP).
     """
 
     timing = "before"
@@ -61,7 +62,7 @@ class RigL(SparsityMethod):
     def __init__(self, config):
         super().__init__(config)
         if config.distribution is None:
-            self.distribution = "erk" if config.rigl_init == "random" else "global"
+            self.distribution = "uniform" if config.rigl_init == "random" else "global"
         self._growth: Optional[dict[str, torch.Tensor]] = None
         self._growth_step = -1
 
@@ -74,16 +75,21 @@ class RigL(SparsityMethod):
             raise ValueError("rigl updates the mask from the first step on; begin_step is not used, leave it unset")
 
     def setup(self, ctx: PruneContext) -> None:
-        self.end = resolve_step(self.config.end_step, ctx.max_steps, 0.75, "end_step")
-        self.every = self.config.update_every or max(1, round(ctx.max_steps / 6))
-        if self.every >= self.end:
+        self.end = ctx.max_steps if self.config.end_step is None else resolve_step(
+            self.config.end_step, ctx.max_steps, 1.0, "end_step"
+        )
+        self.every = self.config.update_every or default_interval(ctx.max_steps)
+        if self.every > self.end:
             raise ValueError(
-                f"rigl would never update the mask: update_every = {self.every} steps is not before end_step "
+                f"rigl would never update the mask: update_every = {self.every} steps is past end_step "
                 f"(step {self.end} of {ctx.max_steps}); lower update_every or move end_step later"
             )
 
     def is_update(self, step: int) -> bool:
-        return 0 < step < self.end and step % self.every == 0
+        return 0 < step <= self.end and step % self.every == 0
+
+    def update_steps(self) -> list[int]:
+        return list(range(self.every, self.end + 1, self.every))
 
     def on_round_begin(self, ctx: PruneContext) -> None:
         init = self.config.rigl_init
@@ -100,7 +106,7 @@ class RigL(SparsityMethod):
         if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
             logger.warning("rigl: non-finite gradients at step %d; the mask update of this step is skipped", step)
             return
-        fraction = drop_fraction_at(step, self.end, self.config.drop_fraction)
+        fraction = drop_fraction_at(step, self.end, self.config.drop_fraction, self.config.drop_fraction_min)
         growth = {}
         for name, mask in ctx.masks.masks.items():
             active = int(mask.sum())
