@@ -155,7 +155,7 @@ def main(argv=None):
     masks.clear()
 
     # oBERT: one pruning step (Fisher from the gradient samples, saliencies, allocation, OBS update).
-    obert_cfg = SparsityConfig(method="obert", sparsity=0.5, obert_block_size=opts.obert_block_size,
+    obert_cfg = SparsityConfig(method="obert_gradual", sparsity=0.5, obert_block_size=opts.obert_block_size,
                                obert_num_grads=opts.obert_num_grads)
     obert = build_method(obert_cfg)
     with Measured() as obert_step:

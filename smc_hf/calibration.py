@@ -78,7 +78,7 @@ def calibration_gradients(
     model: nn.Module,
     params: dict[str, nn.Parameter],
     dataloader: Optional[Iterable],
-    count: int,
+    count: Optional[int],
     *,
     seed: int = 0,
     masks: Optional[dict[str, torch.Tensor]] = None,
@@ -86,7 +86,8 @@ def calibration_gradients(
     what: str = "calibration",
     progress: Optional[bool] = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield, for each of `count` batches, the float32 gradient of the loss for every parameter in `params`.
+    """Yield, for each of `count` batches (None: one full pass), the float32 gradient of the loss for every
+    parameter in `params`.
 
     `masks` (name -> bool keep-mask) zero the gradients of pruned weights. With `require_all`, fewer than
     `count` batches is an error; otherwise the batches at hand are used, with a warning.
@@ -114,9 +115,9 @@ def calibration_gradients(
         model.eval()
         batches = calibration_loader(dataloader, seed)
         available = len(batches) if hasattr(batches, "__len__") else None
-        if require_all and available is not None and available < count:
+        if require_all and count is not None and available is not None and available < count:
             raise ValueError(f"{what}: the dataloader has {available} batches, {count} were asked for")
-        bar = tqdm(total=count, desc=what, leave=False, disable=None if progress is None else not progress)
+        bar = tqdm(total=count if count is not None else available, desc=what, leave=False, disable=None if progress is None else not progress)
         with bar:
             for batch in batches:
                 with torch.enable_grad():
@@ -132,7 +133,7 @@ def calibration_gradients(
                 seen += 1
                 bar.update(1)
                 yield out
-                if seen == count:
+                if count is not None and seen == count:
                     break
     finally:
         for p in frozen:
@@ -140,7 +141,7 @@ def calibration_gradients(
         model.train(was_training)
     if seen == 0:
         raise ValueError(f"{what}: the dataloader yielded no batches")
-    if seen < count:
+    if count is not None and seen < count:
         message = f"{what}: the dataloader yielded {seen} batches, {count} were asked for"
         if require_all:
             raise ValueError(message)

@@ -153,3 +153,17 @@ def test_targets_off_the_grid_and_bad_options_are_rejected(tmp_path):
         prune_model(tiny_roberta(), SparsityConfig(method="lth", sparsity=0.2))
     with pytest.raises(ValueError, match=r"rewind_step = 9 is past the end of round 0 \(4 optimizer steps\)"):
         _trainer(tmp_path, SparsityConfig(method="lth", sparsity=0.2, rewind_step=9)).train()
+
+
+def test_without_rewinding_each_round_continues_from_the_pruned_trained_weights(tmp_path):
+    """lth_rewind=False: the release's ESM-1b LTH (learning-rate rewinding only)."""
+    cfg = SparsityConfig(method="lth", sparsity=1 - 0.8**2, lth_rewind=False)
+    trainer = _trainer(tmp_path / "out", cfg)
+    rounds = _record_rounds(trainer.sparsity_callback.method)
+    trainer.train()
+    for r in rounds[1:]:
+        for name, value in r["weights"].items():
+            masks = r["masks"]
+            expected = r["trained"][name] * masks[name] if name in masks else r["trained"][name]
+            assert torch.equal(value, expected), f"round {r['round']}: {name} is not its trained value"
+    assert not (tmp_path / "out" / "round-0" / "lth_rewind.safetensors").exists()

@@ -1,5 +1,6 @@
 """oBERT on a least-squares problem: the pruned set and the weight update are exact OBS's; block size 1 is
-the diagonal Fisher; in training it reaches the target exactly and reproducibly."""
+the diagonal Fisher; `obert` is the release's one-shot After variant (diagonal Fisher over one full pass, mask
+only, then re-training); `obert_gradual` reaches the target exactly and reproducibly in training."""
 
 import pytest
 import torch
@@ -39,9 +40,10 @@ def _by_hand(model, data, blocks):
     return w.flatten(), grads, fisher
 
 
-def _obert(sparsity, block_size):
+def _obert(sparsity, block_size, update=True):
     model = LeastSquares()
-    cfg = SparsityConfig(method="obert", sparsity=sparsity, obert_block_size=block_size, obert_num_grads=32)
+    cfg = SparsityConfig(method="obert", sparsity=sparsity, obert_block_size=block_size, obert_num_grads=32,
+                         obert_weight_update=update)
     masks = prune_model(model, cfg, dataloader=_data())
     return model.layer.weight.detach().double().flatten(), masks.masks["layer.weight"].flatten()
 
@@ -109,7 +111,7 @@ def _train(tmp_path, cfg):
 
 
 def test_gradual_training_reaches_the_target_exactly_and_reproducibly(tmp_path):
-    cfg = SparsityConfig(method="obert", sparsity=0.6, obert_num_grads=4, obert_block_size=8, update_every=2)
+    cfg = SparsityConfig(method="obert_gradual", sparsity=0.6, obert_num_grads=4, obert_block_size=8, update_every=2)
     first = _train(tmp_path / "a", cfg)
     masks = first.sparsity_callback.masks
     assert sum(masks.weight_zeros().values()) == round(0.6 * masks.numel())
@@ -146,3 +148,56 @@ def test_chunked_factorisation_and_update_agree_with_one_chunk():
     for saliency, updated in results[:-1]:
         assert torch.equal(saliency, results[-1][0]) and torch.equal(updated, results[-1][1])
     assert bool((results[-1][1][~keep] == 0).all()) and not torch.equal(results[-1][1][keep], weight[keep])
+
+
+class _CountingBatches(list):
+    """A list of batches that counts how many were read."""
+
+    read = 0
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.read += 1
+            yield batch
+
+
+def test_release_one_shot_variant_masks_by_the_diagonal_fisher_of_one_full_pass_without_update():
+    """The defaults of `obert` are the release's: B = 1, so [F^-1]_qq = 1 / (damp + mean_i g_qi^2) and the score is
+    w_q^2 (damp + mean_i g_qi^2) / 2, with g over every batch of one pass; the kept weights are unchanged."""
+    data = _CountingBatches(_data(1100))  # more than the gradual variant's 1024 samples: all are read
+    model = LeastSquares()
+    w, grads, _ = _by_hand(model, data, [])
+    saliency = w**2 * (DAMP + (grads**2).mean(0)) / 2
+    expected_keep = torch.ones(12, dtype=torch.bool)
+    expected_keep[saliency.argsort()[:7]] = False
+    data.read = 0
+    masks = prune_model(model, SparsityConfig(method="obert", sparsity=7 / 12), dataloader=data)
+    assert data.read == 1100
+    got = model.layer.weight.detach().double().flatten()
+    assert torch.equal(masks.masks["layer.weight"].flatten(), expected_keep)
+    assert torch.equal(got[expected_keep], w[expected_keep]) and bool((got[~expected_keep] == 0).all())
+
+
+def test_variants_are_after_and_during_with_their_defaults():
+    from smc_hf.methods import build_method
+
+    after = build_method(SparsityConfig(method="obert", sparsity=0.5))
+    assert (after.timing, after.num_rounds, after.block_size, after.num_grads, after.weight_update) == (
+        "after", 2, 1, None, False)
+    gradual = build_method(SparsityConfig(method="obert_gradual", sparsity=0.5))
+    assert (gradual.timing, gradual.num_rounds, gradual.block_size, gradual.num_grads, gradual.weight_update) == (
+        "during", 1, 50, 1024, True)
+    switched = build_method(SparsityConfig(method="obert", sparsity=0.5, obert_weight_update=True))
+    assert switched.weight_update
+    assert build_method(SparsityConfig(method="obert", sparsity=0.5, skip_dense_phase=True)).num_rounds == 1
+
+
+def test_after_variant_trains_dense_then_prunes_the_fine_tuned_weights_and_retrains(tmp_path):
+    cfg = SparsityConfig(method="obert", sparsity=0.5)
+    trainer = SparseTrainer(model=tiny_roberta(), args=training_args(tmp_path / "out", max_steps=4),
+                            train_dataset=ToyClassification(), sparsity_config=cfg)
+    trainer.train()
+    assert (tmp_path / "out" / "round-0" / "model.safetensors").is_file()
+    masks = trainer.sparsity_callback.masks
+    assert sum(int((~m).sum()) for m in masks.masks.values()) == round(0.5 * masks.numel())
+    assert sum(masks.weight_zeros().values()) >= round(0.5 * masks.numel())

@@ -19,6 +19,7 @@ LEGEND: dict[str, str] = {
     "omp_before": "OMP (Before)",
     "rigl:omp": "OMP+RIGL (Before)",
     "obert": "oBERT (After)",
+    "obert_gradual": "oBERT gradual (During)",
 }
 
 # Fixed per method, so a method keeps its colour and marker in every figure.
@@ -34,6 +35,7 @@ _STYLE = {
     "omp_before": ("#bcbd22", "h"),
     "rigl:omp": ("#17becf", "X"),
     "obert": ("#393b79", "*"),
+    "obert_gradual": ("#6b6ecf", "P"),
 }
 _FALLBACK_COLOURS = ["#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
 

@@ -46,7 +46,8 @@ class LTH(SparsityMethod):
     rounds of 20% with the fourth ending at 0.59 rather than 0.5904. `rewind_step` 0 rewinds to the weights the
     run started from (the paper); k > 0 to those after k optimizer steps of round 0 (late rewinding).
     The rewind weights are written once, as safetensors, to round 0's folder (`lth_rewind.safetensors`),
-    so a run resumed in any round rewinds to the same point.
+    so a run resumed in any round rewinds to the same point. `lth_rewind=False` keeps training the pruned weights
+    of the previous round instead (learning-rate rewinding only), as the release's ESM-1b protein LTH.
     """
 
     timing = "after"
@@ -64,6 +65,10 @@ class LTH(SparsityMethod):
             raise ValueError(
                 "lth's round 0 is the dense training whose magnitudes choose the first pruning and whose start is "
                 "the rewind point; skip_dense_phase does not apply (use omp_after on a fine-tuned model instead)"
+            )
+        if not config.lth_rewind and config.rewind_step:
+            raise ValueError(
+                f"rewind_step = {config.rewind_step} names a rewind point, but lth_rewind is off; drop one of them"
             )
         pruning_rounds(config.sparsity, config.lth_rate)
 
@@ -84,14 +89,15 @@ class LTH(SparsityMethod):
 
     def on_round_begin(self, ctx: PruneContext) -> None:
         if ctx.round == 0:
-            if self.config.rewind_step == 0:
+            if self.config.rewind_step == 0 and self.config.lth_rewind:
                 self._save_rewind_point(ctx)
             return
         self.prune_to(ctx, self.round_sparsity(ctx.round))
-        self._rewind(ctx)
+        if self.config.lth_rewind:
+            self._rewind(ctx)
 
     def after_optimizer_step(self, ctx: PruneContext) -> None:
-        if ctx.round == 0 and ctx.step == self.config.rewind_step:
+        if self.config.lth_rewind and ctx.round == 0 and ctx.step == self.config.rewind_step:
             self._save_rewind_point(ctx)
 
     # -- the rewind point ----------------------------------------------------------------------------------

@@ -1,6 +1,16 @@
-"""oBERT, the Optimal BERT Surgeon (Kurtic et al. 2022): second-order saliency and OBS weight compensation."""
+"""oBERT, the Optimal BERT Surgeon (Kurtic et al. 2022): second-order saliency, optionally with OBS compensation.
+
+Two variants share the pruning step:
+- `obert`: SMC-Bench's oBERT (After). The dense model is fine-tuned (round 0), pruned once with the release's
+  settings (block size 1, i.e. a diagonal Fisher, gradients of one full pass over the training data, the mask
+  only), then re-fine-tuned (round 1), as `omp_after`.
+- `obert_gradual`: the oBERT paper's gradual pruning during fine-tuning on GMP's cubic schedule, with blocks of
+  50 weights, 1024 gradient samples and the OBS weight update at every pruning step.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar, Optional
 
 import torch
 
@@ -10,29 +20,44 @@ from ..context import PruneContext
 from ..criteria import exclude_pruned
 from ..fisher import BlockFisher
 from .gradual import GMP
+from .one_shot import _OneShotAfter
 from .registry import METHODS
 
 
-@METHODS.register("obert")
-class OBERT(GMP):
-    """Gradual pruning on GMP's cubic schedule (10% to 80% of training by default), where each pruning step:
+class _OBSPruning:
+    """The oBERT pruning step, with the variant's defaults for the options the config leaves unset (None).
 
-    1. estimates the empirical Fisher from `obert_num_grads` gradient samples, block-diagonal with blocks of
-       `obert_block_size` consecutive weights and damping `obert_damp` (memory: see `smc_hf.fisher`);
-    2. ranks weights by w^2 / (2 [F^-1]_qq), globally by default, keeping what is already pruned pruned;
-    3. applies the OBS update inside every block: the pruned weights go to zero and the kept ones of the same
-       block absorb the change that best preserves the loss under the quadratic model.
+    1. The empirical Fisher F = damp * I + (1/m) sum g g^T of m gradient samples, block-diagonal with blocks of
+       `obert_block_size` consecutive weights (memory: see `smc_hf.fisher`). A sample is the gradient of one
+       calibration batch, with dropout off and pruned weights' gradients zeroed; `obert_num_grads` None reads
+       one full pass over the batches.
+    2. Weights are ranked by w^2 / (2 [F^-1]_qq), globally by default, what is already pruned staying pruned.
+       With block size 1 this is w^2 (damp + mean g^2) / 2.
+    3. With `obert_weight_update`, the kept weights of each block absorb the change that best preserves the loss
+       under the quadratic model (the OBS update); without it, the pruned weights are only masked.
 
-    A gradient sample is the gradient of one calibration batch (with dropout off and pruned weights' gradients
-    zeroed), taken by extra passes at the pruning step, so the Fisher is measured at the weights being pruned
-    rather than gathered from earlier steps; inside a Trainer the batches are a seeded shuffle of the training
-    set, each of the per-device batch size. In `prune_model` (one-shot, e.g. on a fine-tuned model as in
-    SMC-Bench) the batches come from the given dataloader; with fewer batches than `obert_num_grads`, those at
-    hand are used with a warning.
+    Inside a Trainer the batches are a seeded shuffle of the training set at the per-device batch size; in
+    `prune_model` they come from the given dataloader in its order (fewer than asked: those at hand, warned).
     """
 
+    default_block_size: ClassVar[int]
+    default_num_grads: ClassVar[Optional[int]]
+    default_weight_update: ClassVar[bool]
     one_shot_capable = True
     needs_data = True
+
+    @property
+    def block_size(self) -> int:
+        return self.config.obert_block_size or self.default_block_size
+
+    @property
+    def num_grads(self) -> Optional[int]:
+        return self.config.obert_num_grads or self.default_num_grads
+
+    @property
+    def weight_update(self) -> bool:
+        update = self.config.obert_weight_update
+        return self.default_weight_update if update is None else bool(update)
 
     def prune_to(self, ctx: PruneContext, sparsity: float, criterion=None, scores=None) -> None:
         masks = ctx.masks
@@ -42,11 +67,11 @@ class OBERT(GMP):
             return
         params = masks.params
         fisher = BlockFisher(
-            {n: p.shape for n, p in params.items()}, self.config.obert_block_size, self.config.obert_damp,
+            {n: p.shape for n, p in params.items()}, self.block_size, self.config.obert_damp,
             device=next(iter(params.values())).device,
         )
         for grads in calibration_gradients(
-            ctx.model, params, ctx.dataloader, self.config.obert_num_grads,
+            ctx.model, params, ctx.dataloader, self.num_grads,
             seed=calibration_seed(ctx.seed, ctx.round, ctx.step), masks=masks.masks, require_all=False,
             what="oBERT Fisher", progress=show_progress(ctx.args),
         ):
@@ -56,13 +81,36 @@ class OBERT(GMP):
         scores = exclude_pruned(ctx, {n: fisher.saliency(n, p) for n, p in params.items()})
         keep = allocate(scores, sparsity, self.distribution, erk_power_scale=self.config.erk_power_scale)
         del scores
-        with torch.no_grad():
-            for name, mask in keep.items():
-                fisher.obs_update_(name, params[name].data, mask)
-                fisher.release(name)
+        if self.weight_update:
+            with torch.no_grad():
+                for name, mask in keep.items():
+                    fisher.obs_update_(name, params[name].data, mask)
+                    fisher.release(name)
+        del fisher
         masks.update(keep)
         masks.apply(ctx.optimizer)
         self.current_sparsity = sparsity
 
     def one_shot(self, ctx: PruneContext) -> None:
         self.prune_to(ctx, self.config.sparsity)
+
+
+@METHODS.register("obert")
+class OBERT(_OBSPruning, _OneShotAfter):
+    """SMC-Bench's oBERT (After): prune the dense fine-tuned model once with a diagonal Fisher from one full pass
+    over the training data and no weight update (the release's `oneshot_oBERT`), then re-fine-tune.
+    `skip_dense_phase` prunes a model that is already fine-tuned at once."""
+
+    default_block_size = 1
+    default_num_grads = None
+    default_weight_update = False
+
+
+@METHODS.register("obert_gradual")
+class OBERTGradual(_OBSPruning, GMP):
+    """The oBERT paper's gradual variant: pruning steps on GMP's cubic schedule (10% to 80% of training by
+    default) from the pre-trained model, blocks of 50, 1024 gradient samples per step, OBS weight update."""
+
+    default_block_size = 50
+    default_num_grads = 1024
+    default_weight_update = True
