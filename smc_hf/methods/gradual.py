@@ -19,9 +19,14 @@ class GMP(SparsityMethod):
     """
 
     timing = "during"
+    #: The release's initial_prune_time and final_prune_time, as fractions of training.
+    default_begin = 0.1
+    default_end = 0.8
 
     def setup(self, ctx: PruneContext) -> None:
-        self.schedule = GradualSchedule.from_config(self.config, ctx.max_steps, begin=0.1, end=0.8)
+        self.schedule = GradualSchedule.from_config(
+            self.config, ctx.max_steps, begin=self.default_begin, end=self.default_end
+        )
 
     def target_at(self, step: int) -> float:
         return cubic_sparsity(step, self.schedule.begin, self.schedule.end, self.config.sparsity)
