@@ -38,6 +38,7 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from .arithmetic_model import ArithmeticSolver, ArithmeticSolverConfig
+from .gts_model import GTSConfig, GTSSolver
 from .base import DataArguments, DataError, ModelArguments, TaskDefinition, truncate
 from .io import csv_rows
 from .metrics import answer_accuracy, answer_hits, pool_folds
@@ -53,6 +54,8 @@ DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 #: likewise removed every name containing "embeddings".
 EMBEDDING_NAMES = r"embed"
 CONSTANT_MIN_COUNT = 5  # GTS: constants in at least 5 training equations become output tokens
+#: `--decoder` choices: the paper's tree decoder (default) and the sequence decoder.
+DECODERS = {"gts": GTSSolver, "seq": ArithmeticSolver}
 
 
 def read_problems(path: str) -> list[dict[str, Any]]:
@@ -185,18 +188,26 @@ class ArithmeticTask(TaskDefinition):
         return DatasetDict(splits)
 
     def load_model(self, model: ModelArguments, tokenizer, raw: DatasetDict):
+        if model.decoder is not None and model.decoder not in DECODERS:
+            raise ValueError(f"{self.name}: --decoder {model.decoder!r} is unknown; choose one of {sorted(DECODERS)}")
         path = self.checkpoint(model)
         config_file = os.path.join(path, "config.json")
         if os.path.isfile(config_file):
             with open(config_file, encoding="utf-8") as handle:
-                if json.load(handle).get("model_type") == ArithmeticSolverConfig.model_type:
-                    overrides = {} if model.dropout is None else {"decoder_dropout": model.dropout}
-                    return ArithmeticSolver.from_pretrained(path, **overrides)
+                saved = json.load(handle).get("model_type")
+            kinds = {GTSConfig.model_type: "gts", ArithmeticSolverConfig.model_type: "seq"}
+            if saved in kinds:
+                if model.decoder not in (None, kinds[saved]):
+                    raise ValueError(f"{path}: a saved '{kinds[saved]}' solver, but --decoder {model.decoder}; "
+                                     f"drop --decoder or pass --decoder {kinds[saved]}")
+                overrides = {} if model.dropout is None else {"decoder_dropout": model.dropout}
+                return DECODERS[kinds[saved]].from_pretrained(path, **overrides)
         if "train" not in raw:
             raise DataError(f"{self.name}: a new solver needs a training split to fix its output vocabulary")
         fixed = list(OPERATORS[:4]) + output_constants(raw["train"]["equation"])
         dropout = self.default_dropout if model.dropout is None else model.dropout
-        return ArithmeticSolver.from_encoder(path, fixed, cache_dir=model.cache_dir, decoder_dropout=dropout)
+        return DECODERS[model.decoder or "gts"].from_encoder(path, fixed, cache_dir=model.cache_dir,
+                                                             decoder_dropout=dropout)
 
     def sparsity_selection(self, model_args: ModelArguments):
         """Every 2-D weight (GTS's rule: all weight matrices of all modules); without embeddings on request."""

@@ -56,6 +56,11 @@ class ModelArguments:
         metadata={"help": "Protein only: 'mean_mlp' (default, the release: mean over residues, "
                   "Linear-LayerNorm-ReLU-Linear) or 'cls' (transformers' <cls>-token dense+tanh head)."},
     )
+    decoder: Optional[str] = field(
+        default=None,
+        metadata={"help": "Arithmetic solver decoder: 'gts' (default, the paper's goal-driven tree decoder) or 'seq' "
+                  "(a Transformer sequence decoder)."},
+    )
 
 
 @dataclass
