@@ -4,9 +4,10 @@ Data: the SVAMP release's CSVs (`../shared/data/arithmetic`, columns Question, N
 its README), read with `--data_dir` (the release root, a fold directory, or a directory with train.csv/dev.csv)
 or `--train_file/--validation_file`; without either, `../shared/data/arithmetic` beside the checkout. No Hub copy in this format exists, so there is no Hub path.
 
-Model: `ArithmeticSolver` (a pre-trained encoder, RoBERTa-base in the paper, plus a prefix-equation decoder). The
-paper's solvers are GTS (BiLSTM + goal-driven tree decoder) and Graph2Tree (GTS plus a graph encoder over
-quantities); neither is here yet: half of the paper's arithmetic panels (Graph2Tree) have no counterpart.
+Model (`--decoder`): `gts` (default), the paper's goal-driven tree decoder (`GTSSolver`, tasks/gts_model.py), or
+`seq`, a Transformer sequence decoder over the same prefix language (`ArithmeticSolver`); both on a pre-trained
+encoder (RoBERTa-base in the paper). Graph2Tree (GTS plus a graph encoder over quantities) is not here: half of
+the paper's arithmetic panels have no counterpart.
 Metric: answer accuracy as the GTS code scores it: the predicted expression, evaluated with the problem's
 numbers, within 1e-4 of the gold expression's value (Answer only where the gold expression cannot be evaluated;
 Answer is rounded in a few rows, 3 of the 384 MAWPS fold-0 dev problems), with equation exact-match beside it.
@@ -20,7 +21,9 @@ pools the folds: correct answers of each fold's best epoch summed over all dev p
 Paper hyper-parameters (GTS, spec section 2.2): 50 epochs, batch 4 (8 for SVAMP), Adam with weight decay 1e-5,
 lr 8e-6 for the RoBERTa encoder and 1e-3 for the decoder (`--head_learning_rate`), dropout 0.5 in the parts the
 solver adds (`--dropout`; RoBERTa keeps its own 0.1). Deviations: the paper's StepLR (halve every 20 epochs) is
-replaced by a constant rate, beam 5 by constrained greedy decoding, the tree decoder by a sequence decoder.
+replaced by a constant rate; GTS's BiLSTM over the encoder is off by default (`rnn_layers`, see gts_model.py);
+beam 5 keeps only expressions that can close within `max_output_length` (the sequence decoder decodes greedily
+under the same rule).
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ class ArithmeticCollator:
 class ArithmeticTask(TaskDefinition):
     family = "arithmetic"
     default_model = "roberta-base"
-    auto_model = "ArithmeticSolver (AutoModel encoder + prefix-equation decoder)"
+    auto_model = "GTSSolver or ArithmeticSolver (AutoModel encoder + prefix-equation decoder, --decoder gts|seq)"
     metric_name = "answer_accuracy"
     select_best_on = "answer_accuracy"
     default_max_seq_length = 256

@@ -1,7 +1,9 @@
 """GTS, the goal-driven tree-structured solver (Xie & Sun 2019) the paper trains on top of RoBERTa (SVAMP code).
 
-A pre-trained encoder (plus, as in the SVAMP code, a bidirectional LSTM whose directions are summed) reads the
-problem. The decoder grows the prefix equation as a tree: each node has a goal vector; *Prediction* turns the
+A pre-trained encoder reads the problem; the SVAMP code adds a 2-layer bidirectional LSTM (directions summed)
+on top, here `rnn_layers` (default 0: a Linear projection instead). Measured on MAWPS fold 0 with MiniLM, batch 8,
+one epoch: no LSTM 37.2% answer accuracy in 203 s, 2 layers 31.3% in 343 s; the LSTM also is no Linear layer, so
+the default pruning selection would leave it dense. The decoder grows the prefix equation as a tree: each node has a goal vector; *Prediction* turns the
 goal (and, for a right child, the finished left sibling subtree) into a node state, attends over the encoder
 states and scores the operators and the operands (learned constant embeddings and the encoder states at the
 problem's numbers); an operator's node is split by *GenerateNode* into left and right child goals; a finished
@@ -43,7 +45,7 @@ class GTSConfig(ArithmeticSolverConfig):
 
     model_type = "gts_solver"
 
-    def __init__(self, rnn_layers: int = 2, op_embedding_size: int = 128, beam_size: int = 5,
+    def __init__(self, rnn_layers: int = 0, op_embedding_size: int = 128, beam_size: int = 5,
                  decoder_hidden: int = 512, decoder_dropout: float = 0.5, **kwargs):
         self.rnn_layers = rnn_layers
         self.op_embedding_size = op_embedding_size

@@ -60,7 +60,7 @@ def test_mawps_defaults_to_gts_and_seq_is_selectable(mawps_batch):
     assert isinstance(mawps_batch["model"], GTSSolver)
     config = mawps_batch["model"].config
     assert config.fixed_tokens[:4] == ["+", "-", "*", "/"] and config.num_operators == 4
-    assert (config.decoder_hidden, config.decoder_dropout, config.beam_size, config.rnn_layers) == (512, 0.5, 5, 2)
+    assert (config.decoder_hidden, config.decoder_dropout, config.beam_size, config.rnn_layers) == (512, 0.5, 5, 0)
     task, raw, path = mawps_batch["task"], mawps_batch["raw"], mawps_batch["path"]
     seq = task.load_model(ModelArguments(model_name_or_path=path, decoder="seq"), mawps_batch["tokenizer"], raw)
     assert isinstance(seq, ArithmeticSolver)

@@ -92,6 +92,17 @@ def test_mawps_real_fold_files(tmp_path):
     assert result["metric_name"] == "answer_accuracy"
     assert 0.0 <= result["metric"] <= 100.0 and result["metric"] * 8 / 100 == round(result["metric"] * 8 / 100)
     assert "eval_equation_accuracy" in result["metrics"]
+    modules = result["sparsity"]["modules"]  # GTS, the default decoder: its matrices are pruned with the encoder's
+    assert all(any(name.startswith(f"{part}.") for name in modules) for part in ("encoder", "predict", "generate",
+                                                                                  "merge"))
+
+
+def test_mawps_sequence_decoder_option(tmp_path):
+    with open(os.path.join(ARITHMETIC, "cv_mawps", "fold0", "train.csv"), encoding="utf-8") as handle:
+        texts = [next(handle) for _ in range(200)]
+    model = tiny_roberta_dir(str(tmp_path / "enc"), texts, head="encoder")
+    result = run(tmp_path, "mawps", model, "--data_dir", ARITHMETIC, "--max_train_samples", "8",
+                 "--max_eval_samples", "4", "--decoder", "seq", steps="2")
     assert any(name.startswith("decoder.") for name in result["sparsity"]["modules"])
 
 
