@@ -56,6 +56,7 @@ DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 #: Embedding tables by name (encoder `embeddings.*`, decoder `token_embed`/`pos_embed`); Graph2Tree's `--noembed`
 #: likewise removed every name containing "embeddings".
 EMBEDDING_NAMES = r"embed"
+GTS_DENSE = r"(^|\.)predict\.constants$"
 CONSTANT_MIN_COUNT = 5  # GTS: constants in at least 5 training equations become output tokens
 #: `--decoder` choices: the paper's tree decoder (default) and the sequence decoder.
 DECODERS = {"gts": GTSSolver, "seq": ArithmeticSolver}
@@ -213,9 +214,11 @@ class ArithmeticTask(TaskDefinition):
                                                              decoder_dropout=dropout)
 
     def sparsity_selection(self, model_args: ModelArguments):
-        """Every 2-D weight (GTS's rule: all weight matrices of all modules); without embeddings on request."""
+        """Every 2-D weight (GTS's rule: all weight matrices of all modules); without embeddings on request.
+
+        GTS's constant embeddings (`predict.constants`, a 3-D tensor in the original) stay dense, as there."""
         keep_embeddings = model_args.prune_embeddings is False
-        return ["."], [EMBEDDING_NAMES] if keep_embeddings else []
+        return ["."], [GTS_DENSE] + ([EMBEDDING_NAMES] if keep_embeddings else [])
 
     def preprocess(self, raw: DatasetDict, tokenizer, data: DataArguments, model) -> DatasetDict:
         if not getattr(tokenizer, "is_fast", False):

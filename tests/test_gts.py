@@ -152,3 +152,16 @@ def test_default_pruning_selection_covers_every_decoder_matrix(rnn_layers):
     assert selected == linear
     assert len(decoder) == 15 + (rnn_layers == 0)  # Prediction 5 + attention 2 + operand score 2, Generate 4, Merge 2
     assert not any(name.startswith(("rnn.", "encoder.embeddings.")) for name in selected)
+
+
+def test_task_selection_prunes_every_gts_matrix_but_the_constants(mawps_batch):
+    task, model = mawps_batch["task"], mawps_batch["model"]
+    assert model.predict.dropout.p == 0.5 and model.embed_dropout.p == 0.5
+    targets, ignore = task.sparsity_selection(ModelArguments())
+    names = set(select_parameters(model, targets=targets, ignore=ignore))
+    matrices = {n for n, p in model.named_parameters() if p.dim() >= 2}
+    assert names == matrices - {"predict.constants"}
+    assert {"generate.embeddings.weight", "predict.attn.attn.weight", "merge.merge_g.weight"} <= names
+    targets, ignore = task.sparsity_selection(ModelArguments(prune_embeddings=False))
+    dense_embeddings = set(select_parameters(model, targets=targets, ignore=ignore))
+    assert names - dense_embeddings == {n for n in names if "embed" in n} >= {"generate.embeddings.weight"}

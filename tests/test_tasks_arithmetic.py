@@ -121,7 +121,7 @@ def test_paper_dropout_and_gts_selection(tmp_path):
     task = get_task("mawps")
     raw = task.load_raw(DataArguments(task="mawps", data_dir=DATA, max_train_samples=40, max_eval_samples=4))
     model_dir = tiny_roberta_dir(str(tmp_path / "enc"), ["number0 plus number1"], head="encoder")
-    model = task.load_model(ModelArguments(model_name_or_path=model_dir), None, raw)
+    model = task.load_model(ModelArguments(model_name_or_path=model_dir, decoder="seq"), None, raw)
     assert model.config.decoder_dropout == 0.5 and model.decoder.layers[0].dropout.p == 0.5
     from smc_hf.selection import select_parameters
 
