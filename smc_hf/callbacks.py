@@ -3,7 +3,8 @@
 Order inside one optimizer step (transformers >= 4.45):
 clip -> on_pre_optimizer_step (method sees dense grads, then grads are masked) -> optimizer.step() ->
 on_optimizer_step (method may change masks; weights and optimizer state are masked) -> scheduler.
-Works with a stock `Trainer`; `SparseTrainer` adds multi-round methods and sparsity in `log_history`.
+Works with a stock `Trainer` (install it with `attach(trainer)`, so loggers see its keys); `SparseTrainer`
+adds multi-round methods and writes the sparse files with every save and push.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import distributed
+from .checkpoint import write_sparse_artifacts
 from .config import SparsityConfig
 from .context import PruneContext
 from .masks import MASKS_FILE, MaskSet, preserves_zeros
 from .methods import SparsityMethod, build_method
+from .selection import select_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,26 @@ class SparsityCallback(TrainerCallback, ExportableState):
         self.resume_dir: Optional[str] = None
         #: The fp16 loss scale before the current optimizer step, to recognise a skipped step by its back-off.
         self._scale_before: Optional[float] = None
+        #: Set by `attach` (and SparseTrainer): placed before the reporting integrations.
+        self._placed_first = False
+        #: The dict the last `on_log` added sparsity keys to, and those keys (taken back out of returned metrics).
+        self._annotated: Optional[tuple[dict, list[str]]] = None
+
+    def attach(self, trainer) -> "SparsityCallback":
+        """Install this callback first in `trainer`'s list, replacing any other SparsityCallback.
+
+        `Trainer(callbacks=[...])` places user callbacks after the reporting integrations (TensorBoard,
+        W&B, ...), which then log before the sparsity keys exist; first in line, every logger sees them.
+        """
+        handler = trainer.callback_handler
+        handler.callbacks[:] = [self] + [cb for cb in handler.callbacks if not isinstance(cb, SparsityCallback)]
+        self._placed_first = True
+        return self
+
+    @property
+    def prunes(self) -> bool:
+        """Whether the method can prune (all but `dense`): only then must the selection be non-empty."""
+        return self.config.method != "dense"
 
     # -- ExportableState -------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -77,18 +100,23 @@ class SparsityCallback(TrainerCallback, ExportableState):
         return self.method.current_sparsity
 
     def sparsity_logs(self) -> dict[str, float]:
-        if self.masks is None:
+        """The keys added to every log; none for a dense run, which logs exactly what a Trainer logs."""
+        if self.masks is None or not self.prunes:
             return {}
-        return {
+        logs = {
             "sparsity/target": round(self.target_sparsity(), 6),
             "sparsity/achieved": round(self.masks.achieved_sparsity(), 6),
         }
+        if self.rounds_driver and self.method.num_rounds > 1:
+            logs["sparsity/round"] = self.round
+        return logs
 
     def bind(self, model) -> None:
+        """Select the prunable weights of `model`; a dense run on a model with none (a Conv2d net) keeps no masks."""
         if self.masks is None:
-            self.masks = MaskSet.for_model(
-                model, targets=self.config.targets, ignore=self.config.ignore, selection=self.config.selection
-            )
+            params = select_parameters(model, targets=self.config.targets, ignore=self.config.ignore,
+                                       selection=self.config.selection, required=self.prunes)
+            self.masks = MaskSet(params) if params else None
         else:
             self.masks.rebind(model)
 
@@ -96,6 +124,8 @@ class SparsityCallback(TrainerCallback, ExportableState):
         saved = state.stateful_callbacks.get(type(self).__name__)
         if isinstance(saved, list):
             saved = saved[0] if saved else None
+        if not saved and not self.prunes:
+            return  # a dense run resumes from a stock Trainer's checkpoint as the Trainer would
         if not saved:
             raise ValueError(
                 f"resuming at step {state.global_step}, but the checkpoint's trainer_state.json has no "
@@ -106,7 +136,8 @@ class SparsityCallback(TrainerCallback, ExportableState):
         self.step = int(attributes.get("step", state.global_step))
         self.method.load_state_dict(attributes.get("method_state", {}))
         if not attributes.get("has_masks", False):
-            self.masks.clear()
+            if self.masks is not None:
+                self.masks.clear()
             return
         candidates = [self.resume_dir]
         if isinstance(getattr(args, "resume_from_checkpoint", None), str):
@@ -129,9 +160,22 @@ class SparsityCallback(TrainerCallback, ExportableState):
                 "SparseTrainer (a stock Trainer runs one round), or set skip_dense_phase=True when the model "
                 "is already fine-tuned"
             )
+        reporters = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
+        reporters = [r for r in reporters if r != "none"]
+        if reporters and not (self._placed_first or self.rounds_driver):
+            logger.warning(
+                "SparsityCallback was added after the reporting integrations %s, which will not see "
+                "sparsity/target and sparsity/achieved; install it with SparsityCallback(config).attach(trainer)",
+                reporters,
+            )
         placement = distributed.placement_for(model)
         with distributed.bind_view(placement):
             self.bind(model)
+        if self.masks is None:  # dense, nothing selected: the Trainer runs as it would without us
+            self.method.setup(self.context(args, state, model, optimizer, train_dataloader))
+            if state.global_step > 0:
+                self._restore(args, state)
+            return
         self.masks.placement = None
         if placement is not None:
             placement.attach(self.masks)
@@ -155,6 +199,8 @@ class SparsityCallback(TrainerCallback, ExportableState):
         return getattr(type(self.method), event) is not getattr(SparsityMethod, event)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.masks is None:
+            return
         self._scale_before = distributed.loss_scale(optimizer)
         if self._overrides("before_optimizer_step"):
             distributed.unscale_gradients(optimizer, args)
@@ -165,6 +211,8 @@ class SparsityCallback(TrainerCallback, ExportableState):
         self.masks.apply_to_grads()
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.masks is None:
+            return
         if not distributed.step_was_skipped(optimizer, self._scale_before):
             self.step += 1
             with distributed.mask_update(self.masks, full=self._overrides("after_optimizer_step")):
@@ -180,10 +228,14 @@ class SparsityCallback(TrainerCallback, ExportableState):
             self._applied_version = self.masks.version
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._take_back()  # the last log of train() is its metrics
+        if self.masks is None:
+            return
         with distributed.mask_update(self.masks, full=self._overrides("on_round_end")):
             self.method.on_round_end(self.context(args, state, model, optimizer, kwargs.get("train_dataloader")))
 
     def on_save(self, args, state, control, **kwargs):
+        """A stock Trainer's checkpoints get their masks here (SparseTrainer writes them with the weights)."""
         if self.masks is None or self.masks.is_dense or not state.is_world_process_zero:
             return
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
@@ -192,10 +244,35 @@ class SparsityCallback(TrainerCallback, ExportableState):
         else:
             logger.warning("checkpoint folder %s not found; masks not saved with it", folder)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None or "sparsity/achieved" in logs:
+    def on_push_begin(self, args, state, control, model=None, **kwargs):
+        """Before an upload of `output_dir`: the masks go there (a checkpoint push copies only the Trainer's
+        model files into it), and a checkpoint that lacks them gets the masks and the config block."""
+        if self.masks is None or self.masks.is_dense or not state.is_world_process_zero:
             return
+        self.masks.save(os.path.join(args.output_dir, MASKS_FILE))
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if model is not None and os.path.isfile(os.path.join(folder, "config.json")):
+            write_sparse_artifacts(model, folder, self.masks, self.config)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """The one place sparsity keys join a log: in the dict every later logger receives, and in log_history."""
         extra = self.sparsity_logs()
+        if logs is None or not extra:
+            return
         logs.update(extra)
+        self._annotated = (logs, list(extra))
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(extra)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self._annotated is not None and self._annotated[0] is metrics:
+            self._take_back()
+
+    def _take_back(self) -> None:
+        """Remove the keys from the dict `evaluate()`/`train()` return: metrics stay the model's own, and
+        hyperparameter_search's default objective (the sum of the metrics) is not shifted by them."""
+        if self._annotated is not None:
+            logs, keys = self._annotated
+            for key in keys:
+                logs.pop(key, None)
+            self._annotated = None

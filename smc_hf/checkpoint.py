@@ -10,20 +10,27 @@ renamed when complete, so an interrupted run never leaves something that looks l
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from .masks import MASKS_FILE, MaskSet
+from .safetensors_io import open_safetensors
 from .report import ModuleSparsity, SparsityReport, sparsity_report
 from .version import __version__
 
+logger = logging.getLogger(__name__)
+
 CONFIG_KEY = "sparsity"
+#: Written by the Trainer after a checkpoint's weights, optimizer and RNG state: its presence marks a complete one.
+TRAINER_STATE_FILE = "trainer_state.json"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_MARKER = ".smc_hf_partial"
 #: Files of a model folder that are not weights: configs, tokenizers, processors, chat templates.
@@ -119,12 +126,17 @@ def write_sparse_artifacts(
         write_config_block(output_dir, sparsity_metadata(model, masks, config, **extra))
 
 
+def _load_file(path: str) -> dict[str, torch.Tensor]:
+    with open_safetensors(path) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
 def load_weights(model: nn.Module, folder: str) -> None:
     """Load `model.safetensors` (single or sharded) from `folder` into `model`; only safetensors is read."""
     index = os.path.join(folder, "model.safetensors.index.json")
     single = os.path.join(folder, "model.safetensors")
     if os.path.isfile(single):
-        state = load_file(single)
+        state = _load_file(single)
     elif os.path.isfile(index):
         with open(index) as f:
             files = sorted(set(json.load(f)["weight_map"].values()))
@@ -133,7 +145,7 @@ def load_weights(model: nn.Module, folder: str) -> None:
             path = os.path.join(folder, name)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"shard {name} listed in {index} is missing")
-            state.update(load_file(path))
+            state.update(_load_file(path))
     else:
         raise FileNotFoundError(f"no model.safetensors in {folder}")
     own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
@@ -143,6 +155,43 @@ def load_weights(model: nn.Module, folder: str) -> None:
     with torch.no_grad():
         for name, tensor in state.items():
             own[name].copy_(tensor)
+
+
+def is_complete_checkpoint(folder: str) -> bool:
+    """Whether a `checkpoint-N` folder was finished: its trainer_state.json exists and is valid JSON."""
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_FILE)) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(folder: str) -> tuple[Optional[str], list[str]]:
+    """The newest complete `checkpoint-N` in `folder` (None if there is none) and the newer incomplete ones
+    it passed over: a run killed while writing a checkpoint leaves a folder without trainer_state.json."""
+    if not os.path.isdir(folder):
+        return None, []
+    steps = sorted(
+        (int(m.group(1)), name) for name in os.listdir(folder)
+        if (m := _CHECKPOINT_DIR.match(name)) and os.path.isdir(os.path.join(folder, name))
+    )
+    skipped = []
+    for _, name in reversed(steps):
+        path = os.path.join(folder, name)
+        if is_complete_checkpoint(path):
+            return path, skipped
+        skipped.append(path)
+    return None, skipped
+
+
+def check_safetensors_files(folder: str) -> None:
+    """Open the header of every safetensors file in `folder`, so a truncated one fails with its path
+    before any training starts (safetensors' own error names no file)."""
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            with open_safetensors(os.path.join(folder, name)):
+                pass
 
 
 def load_masks(folder: str, masks: MaskSet) -> Optional[str]:

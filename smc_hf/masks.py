@@ -178,15 +178,31 @@ class MaskSet:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: m.detach().cpu().contiguous() for n, m in self.masks.items()}
 
-    def load_state_dict(self, masks: dict[str, torch.Tensor]) -> None:
-        """Set masks by parameter name; a PEFT-wrapped name and its plain form name the same weight."""
+    def load_state_dict(self, masks: dict[str, torch.Tensor], source: str = "masks") -> None:
+        """Set masks by parameter name; a PEFT-wrapped name and its plain form name the same weight.
+
+        The set must cover every selected weight (or none, for a dense run): a partial set would let the
+        uncovered layers train dense without a word. Layers meant to stay dense are left out of the
+        selection with `ignore` (or `targets`), so the selection says it, not a missing entry.
+        """
         from .selection import plain_name
 
         by_plain = {plain_name(n): n for n in self.params}
         masks = {n if n in self.params else by_plain.get(plain_name(n), n): m for n, m in masks.items()}
         unknown = sorted(set(masks) - set(self.params))
         if unknown:
-            raise ValueError(f"masks for parameters that are not selected: {unknown[:5]}")
+            raise ValueError(f"{source}: masks for parameters that are not selected: {unknown[:5]}")
+        for name, mask in masks.items():
+            if tuple(mask.shape) != self.shapes[name]:
+                raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {self.shapes[name]}")
+        missing = [n for n in self.params if n not in masks]
+        if masks and missing:
+            raise ValueError(
+                f"{source} covers {len(masks)} of the {len(self.params)} selected weights; no mask for "
+                f"{missing[:5]}{' ...' if len(missing) > 5 else ''}. Those layers would train dense. Use the mask "
+                "file that matches this selection, or say which layers stay dense by leaving them out of it "
+                "(SparsityConfig ignore=[regex, ...] or targets=[...])"
+            )
         self.masks.clear()
         self.update(masks)
 
@@ -203,4 +219,4 @@ class MaskSet:
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no sparsity masks at {path}")
-        self.load_state_dict(read_masks(path))
+        self.load_state_dict(read_masks(path), source=path)

@@ -114,7 +114,7 @@ def _matches(patterns: Iterable[str], names: Iterable[str]) -> bool:
 
 def select_parameters(
     model: nn.Module, targets: Optional[list[str]] = None, ignore: Optional[list[str]] = None,
-    selection: str = "default",
+    selection: str = "default", required: bool = True,
 ) -> dict[str, nn.Parameter]:
     """Map parameter name -> parameter for every weight to prune, in model order.
 
@@ -123,7 +123,8 @@ def select_parameters(
     outside any Linear (`in_proj_weight`), which leaves embeddings, norms, biases, the pooler and the task head
     dense. `targets` replaces it with any parameter of 2+ dims whose name matches; `ignore` removes matches.
     PEFT adapter weights (LoRA A/B, ...) are never selected. A tied parameter is selected once, under its first
-    name, whichever of its names matched, so it is never pruned twice.
+    name, whichever of its names matched, so it is never pruned twice. An empty selection is an error when
+    `required` (a method that prunes), else an empty dict.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
@@ -155,7 +156,7 @@ def select_parameters(
                 if _matches(preset.ignore, names) or _matches(ignore, names) or name in selected:
                     continue
                 selected[name] = weight
-    if not selected:
+    if not selected and required:
         sample = ", ".join(n for n, _ in list(model.named_parameters())[:8])
         raise ValueError(
             f"no prunable weights selected (targets={targets}, ignore={ignore}, selection={selection!r}); "
