@@ -45,7 +45,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
         self.masks: Optional[MaskSet] = None
         self.round = 0
         self.step = 0
-        #: Set by SparseTrainer, which runs the rounds of multi-round methods.
+        #: Set by SparseTrainer, which runs the rounds of multi-round methods and writes the sparse files itself.
         self.rounds_driver = False
         #: `masks.version` when weights and optimizer state were last masked.
         self._applied_version = -1
@@ -241,7 +241,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(folder):
             self.masks.save(os.path.join(folder, MASKS_FILE))
-        else:
+        elif not self.rounds_driver:  # SparseTrainer saved them with the weights, wherever its run folder is
             logger.warning("checkpoint folder %s not found; masks not saved with it", folder)
 
     def on_push_begin(self, args, state, control, model=None, **kwargs):
@@ -251,7 +251,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
             return
         self.masks.save(os.path.join(args.output_dir, MASKS_FILE))
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if model is not None and os.path.isfile(os.path.join(folder, "config.json")):
+        if not self.rounds_driver and model is not None and os.path.isfile(os.path.join(folder, "config.json")):
             write_sparse_artifacts(model, folder, self.masks, self.config)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
