@@ -1,8 +1,9 @@
 """Arithmetic reasoning: MAWPS, ASDiv-A (5-fold cross-validation) and SVAMP (trained on MAWPS + ASDiv-A).
 
-Data: the SVAMP release's CSVs (`../shared/data/arithmetic`, columns Question, Numbers, Equation, Answer; see
+Data: the SVAMP release's CSVs (`data/arithmetic` in the repository, columns Question, Numbers, Equation, Answer; see
 its README), read with `--data_dir` (the release root, a fold directory, or a directory with train.csv/dev.csv)
-or `--train_file/--validation_file`; without either, `../shared/data/arithmetic` beside the checkout. No Hub copy in this format exists, so there is no Hub path.
+or `--train_file/--validation_file`; without either, the repository's `data/arithmetic`. No Hub copy in this format
+exists, so there is no Hub path.
 
 Model (`--decoder`): `gts` (default), the paper's goal-driven tree decoder (`GTSSolver`, tasks/gts_model.py), or
 `seq`, a Transformer sequence decoder over the same prefix language (`ArithmeticSolver`); both on a pre-trained
@@ -51,8 +52,8 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("Question", "Numbers", "Equation", "Answer")
 NUMBER_TOKEN_IN_TEXT = re.compile(r"number(\d+)")
-#: Where the data lies beside a checkout (`../shared/data/arithmetic`), used when no --data_dir is given.
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "arithmetic")
+#: The SVAMP release carried in the repository (`data/arithmetic`), used when no --data_dir is given.
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "arithmetic")
 #: Embedding tables by name (encoder `embeddings.*`, decoder `token_embed`/`pos_embed`); Graph2Tree's `--noembed`
 #: likewise removed every name containing "embeddings".
 EMBEDDING_NAMES = r"embed"

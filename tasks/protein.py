@@ -383,7 +383,7 @@ class HotProteinS2C2(ProteinTask):
 
 
 class ThermoProt(ProteinTask):
-    """ThermoProt's four growth-temperature classes, the local stand-in for HotProtein (`../shared/data/protein/thermoprot`)."""
+    """ThermoProt's four growth-temperature classes, the stand-in for HotProtein (a sample in `data/protein/thermoprot`)."""
 
     name = "thermoprot"
     num_labels = 4

@@ -89,7 +89,7 @@ def tiny_mbart_dir(path: str, texts: Iterable[str]) -> str:
 
 def main(argv=None) -> str:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    default_texts = os.path.join(here, "..", "shared", "data", "arithmetic", "cv_mawps", "fold0", "train.csv")
+    default_texts = os.path.join(here, "data", "arithmetic", "cv_mawps", "fold0", "train.csv")
     parser = argparse.ArgumentParser(description="Write a tiny random RoBERTa encoder checkpoint for demos.")
     parser.add_argument("--output", required=True)
     parser.add_argument("--texts", default=default_texts, help="CSV with a Question column to fit the tokenizer")

@@ -25,8 +25,7 @@ from tests.task_fixtures import (
     write_race_dir,
 )
 
-ARITHMETIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-                          "arithmetic")
+ARITHMETIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "arithmetic")
 RESULT_KEYS = {"task", "metric_name", "metric", "metric_rule", "final_metric", "metrics", "final_step", "best_step",
                "sparsity", "sparsity_config", "model_name_or_path", "seed", "train_runtime"}
 

@@ -17,7 +17,7 @@ from tasks.arithmetic_model import ArithmeticSolver, ArithmeticSolverConfig
 from tasks.prefix_expr import OPERATORS, is_complete_prefix
 from transformers import RobertaConfig
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "arithmetic")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "arithmetic")
 
 
 def test_real_mawps_fold0():

@@ -10,9 +10,7 @@ import pytest
 from tasks import DataArguments, DataError, get_task
 from tests.task_fixtures import csqa_rows, roberta_tokenizer, winogrande_rows, write_jsonl, write_race_dir
 
-CSQA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "commonsense",
-                    "csqa")
-REPO_CSQA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "commonsense", "csqa")
+CSQA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "commonsense", "csqa")
 
 
 def test_csqa_official_and_hub_records_normalise_alike():
@@ -161,7 +159,7 @@ def test_race_wrong_number_of_options_is_refused(tmp_path):
 
 
 def test_real_csqa_files_pass_validation():
-    data = get_task("csqa").load_raw(DataArguments(task="csqa", data_dir=REPO_CSQA))
+    data = get_task("csqa").load_raw(DataArguments(task="csqa", data_dir=CSQA))
     assert (len(data["train"]), len(data["validation"])) == (9741, 1221)
     assert {len(c) for c in data["train"]["second"]} == {5}
 

@@ -13,8 +13,7 @@ from transformers import AutoTokenizer
 from tasks.protein import read_fasta, stratified_split
 from tests.task_fixtures import protein_sequences, tiny_esm_dir, write_fasta
 
-THERMOPROT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-                          "protein", "thermoprot")
+THERMOPROT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "protein", "thermoprot")
 
 
 def test_read_fasta_joins_lines_and_rejects_bad_files(tmp_path):
@@ -41,11 +40,11 @@ def test_stratified_split_is_seeded_and_per_class():
 def test_real_thermoprot_split():
     task = get_task("thermoprot")
     data = task.load_raw(DataArguments(task="thermoprot", data_dir=THERMOPROT))
-    assert (len(data["train"]), len(data["validation"])) == (25600, 3200)
-    assert data["validation"].to_pandas()["label"].value_counts().to_dict() == {0: 800, 1: 800, 2: 800, 3: 800}
+    assert (len(data["train"]), len(data["validation"])) == (3200, 400)  # the repository's 1,000 per class
+    assert data["validation"].to_pandas()["label"].value_counts().to_dict() == {0: 100, 1: 100, 2: 100, 3: 100}
     record = task.data_record()
     assert record["classes"] == ["psychrophilic", "mesophilic", "thermophilic", "hyperthermophilic"]
-    assert len(record["test"]) == 3200 and not set(record["test"]) & set(record["train"])
+    assert len(record["test"]) == 400 and not set(record["test"]) & set(record["train"])
 
 
 def _hotprotein_dir(tmp_path, test_labels):
