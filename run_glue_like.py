@@ -6,7 +6,9 @@
 
 Arguments: model (`tasks.ModelArguments`), data (`tasks.DataArguments`), sparsity (`smc_hf.SparsityConfig`) and
 `Seq2SeqTrainingArguments`, or one JSON file holding them all. Training arguments the command leaves out take the
-task's paper defaults (`training_defaults` in its module). The same command runs under `accelerate launch`.
+task's paper defaults (`training_defaults` in its module); an epoch count given drops the task's step count.
+`--model_name_or_path minilm` is the real MiniLM of the `real` extra (`tasks/model_aliases.py`). The same command
+runs under `accelerate launch`.
 
 Writes `all_results.json` in `--output_dir`: task, the reported metric (accuracies in percent, BLEU) and its rule
 (`best`: the paper's best evaluation over training, the checkpoint the run saved; `final`), the final metric beside
@@ -22,30 +24,18 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainerCallback, set_seed
 
 from smc_hf import SparseSeq2SeqTrainer, SparseTrainer, SparsityConfig
 from tasks import DataArguments, ModelArguments, get_task
+from tasks.model_aliases import resolve_model_alias
 from tasks.reporting import summarise
 
 logger = logging.getLogger("run_glue_like")
 
 PARSED = (ModelArguments, DataArguments, SparsityConfig, Seq2SeqTrainingArguments)
-
-
-def _given_keys(argv: list[str]) -> set[str]:
-    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
-
-
-def _task_name(argv: list[str]) -> Optional[str]:
-    for i, arg in enumerate(argv):
-        if arg == "--task" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--task="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def resume_target(value: Optional[str], output_dir: str):
@@ -59,19 +49,47 @@ def resume_target(value: Optional[str], output_dir: str):
     return True if any(e.startswith(("checkpoint-", "round-")) for e in entries) else None
 
 
+#: The default every option gets in the probe parser: whatever still holds it after parsing was not given.
+_UNSET = object()
+
+
+def given_options(argv: list[str]) -> dict[str, Any]:
+    """The options `argv` sets, by field name, whatever the spelling: `--a_b v`, `--a-b v`, `--a_b=v`, `--no_x`."""
+    probe = HfArgumentParser(PARSED, add_help=False)
+    probe.set_defaults(**{f.name: _UNSET for cls in PARSED for f in dataclasses.fields(cls)})
+    namespace, _ = probe.parse_known_args(args=argv)
+    return {key: value for key, value in vars(namespace).items() if value is not _UNSET}
+
+
+def task_defaults(task_name: str, given: Collection[str]) -> dict[str, Any]:
+    """The task's paper hyper-parameters for the options the user did not give.
+
+    An epoch count the user gives drops the task's `max_steps` (which would otherwise override it)."""
+    defaults = get_task(task_name).default_training_arguments(given=given)
+    if "num_train_epochs" in given:
+        defaults.pop("max_steps", None)
+    return defaults
+
+
 def parse_args(argv: list[str]):
-    """The four argument dataclasses, with the task's training defaults filling what `argv` leaves out."""
+    """The four argument dataclasses. The task's training defaults are parser defaults, so anything the user
+    gives wins (any spelling, or a key of a JSON file given as the only argument); a model alias such as
+    `minilm` becomes its installed folder (`tasks.model_aliases`)."""
     parser = HfArgumentParser(PARSED)
     if len(argv) == 1 and argv[0].endswith(".json"):
         with open(argv[0], encoding="utf-8") as handle:
             values = json.load(handle)
-        values.update(get_task(values["task"]).default_training_arguments(given=values))
-        return parser.parse_dict(values)
-    name = _task_name(argv)
-    if name is not None:
-        for key, value in get_task(name).default_training_arguments(given=_given_keys(argv)).items():
-            argv = argv + [f"--{key}", str(value)]
-    return parser.parse_args_into_dataclasses(args=argv)
+        if "task" not in values:
+            raise ValueError(f"{argv[0]}: no 'task' key (one of the names in tasks.TASKS)")
+        parsed = parser.parse_dict({**task_defaults(values["task"], values), **values})
+    else:
+        given = given_options(argv)
+        parser.set_defaults(**task_defaults(given["task"], given))
+        parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    model_args = parsed[0]
+    model_args.model_name_or_path = resolve_model_alias(model_args.model_name_or_path)
+    model_args.tokenizer_name = resolve_model_alias(model_args.tokenizer_name)
+    return parsed
 
 
 def collect_results(trainer, task, eval_sets, model_args, train_runtime: float) -> dict[str, Any]:

@@ -151,6 +151,39 @@ def test_task_defaults_fill_only_missing_training_arguments(tmp_path):
     assert args.adam_beta2 == 0.98 and args.lr_scheduler_type == "polynomial"
 
 
+@pytest.mark.parametrize("spelling", [["--per-device-train-batch-size", "3"], ["--per_device_train_batch_size", "3"],
+                                      ["--per_device_train_batch_size=3"], ["--per-device-train-batch-size=3"]])
+def test_user_options_win_over_task_defaults_in_any_spelling(tmp_path, spelling):
+    _, _, _, args = run_glue_like.parse_args(["--task", "csqa", "--output_dir", str(tmp_path), *spelling])
+    assert args.per_device_train_batch_size == 3
+    assert args.max_steps == 3000 and args.learning_rate == 1e-5  # the task's other defaults still apply
+
+
+def test_user_epochs_disable_the_task_step_count(tmp_path):
+    _, _, _, args = run_glue_like.parse_args(["--task", "winogrande", "--output_dir", str(tmp_path),
+                                              "--num-train-epochs", "1"])
+    assert args.num_train_epochs == 1 and args.max_steps == -1
+    assert args.warmup_steps == 2375 and args.per_device_train_batch_size == 32
+    _, _, _, args = run_glue_like.parse_args(["--task", "winogrande", "--output_dir", str(tmp_path)])
+    assert args.max_steps == 23750
+    _, _, _, args = run_glue_like.parse_args(["--task", "winogrande", "--output_dir", str(tmp_path),
+                                              "--num_train_epochs", "1", "--max_steps", "5"])
+    assert args.max_steps == 5  # both given: the Trainer's own rule (max_steps wins)
+
+
+def test_json_config_values_win_and_epochs_drop_the_step_count(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"task": "winogrande", "output_dir": str(tmp_path / "out"), "num_train_epochs": 1,
+                                  "per_device_train_batch_size": 3}))
+    model_args, data_args, _, args = run_glue_like.parse_args([str(config)])
+    assert data_args.task == "winogrande"
+    assert (args.num_train_epochs, args.max_steps, args.per_device_train_batch_size) == (1, -1, 3)
+    assert args.learning_rate == 1e-5 and args.adam_beta2 == 0.98
+    config.write_text(json.dumps({"output_dir": str(tmp_path / "out")}))
+    with pytest.raises(ValueError, match=r"run\.json: no 'task' key"):
+        run_glue_like.parse_args([str(config)])
+
+
 def test_same_command_under_accelerate_launch(tmp_path):
     rows = csqa_rows(4)
     data = write_jsonl(str(tmp_path / "train.jsonl"), rows)
