@@ -27,7 +27,6 @@ demo: setup
 	$(BIN)/python run_glue_like.py --task mawps --fold 0 --model_name_or_path out/tiny-roberta \
 		--sparsity_method gmp --sparsity 0.5 --max_steps 100 --per_device_train_batch_size 16 \
 		--output_dir out/demo --report_to none
-	@echo "results: out/demo/all_results.json"
 
 bench: setup
 	$(BIN)/python benchmarks/report.py

@@ -184,8 +184,23 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         if record is not None:
             with open(os.path.join(training_args.output_dir, "data_splits.json"), "w", encoding="utf-8") as handle:
                 json.dump(record, handle)
-    logger.info("%s = %.4f at sparsity %.4f", task.metric_name, results["metric"], results["sparsity"]["achieved"])
+        print(summary(results, training_args.output_dir), flush=True)
     return results
+
+
+def summary(results: dict[str, Any], output_dir: str) -> str:
+    """A few lines for the person who ran the command: the metric, target against achieved sparsity, the files."""
+    sparsity, config = results["sparsity"], results["sparsity_config"]
+    target = "-" if sparsity["target"] is None else f"{sparsity['target']:.3f}"
+    wanted = ("all_results.json", "model.safetensors", "sparsity_masks.safetensors", "config.json", "data_splits.json")
+    files = [name for name in wanted if os.path.isfile(os.path.join(output_dir, name))]
+    return "\n".join([
+        f"== {results['task']}: {results['metric_name']} {results['metric']:.2f} "
+        f"(trained in {results['train_runtime']:.1f} s, seed {results['seed']})",
+        f"   sparsity ({config.get('method')}): target {target}, achieved {sparsity['achieved']:.3f} "
+        f"({sparsity['zeros']:,} of {sparsity['selected_numel']:,} selected weights are zero)",
+        f"   files in {output_dir}: {', '.join(files)}",
+    ])
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_race_release_layout_reports_levels_apart(tmp_path):
     assert result["metric"] == pytest.approx(pooled)
 
 
-def test_mawps_real_fold_files(tmp_path):
+def test_mawps_real_fold_files(tmp_path, capsys):
     texts = []
     with open(os.path.join(ARITHMETIC, "cv_mawps", "fold0", "train.csv"), encoding="utf-8") as handle:
         texts = [next(handle) for _ in range(200)]
@@ -103,6 +103,13 @@ def test_mawps_sequence_decoder_option(tmp_path):
     result = run(tmp_path, "mawps", model, "--data_dir", ARITHMETIC, "--max_train_samples", "8",
                  "--max_eval_samples", "4", "--decoder", "seq", steps="2")
     assert any(name.startswith("decoder.") for name in result["sparsity"]["modules"])
+    out = str(tmp_path / "out-mawps")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3:] == run_glue_like.summary(result, out).splitlines()
+    assert lines[-3].startswith(f"== mawps: answer_accuracy {result['metric']:.2f} (trained in ")
+    assert lines[-2].startswith(f"   sparsity (omp_before): target 0.500, achieved {result['sparsity']['achieved']:.3f} (")
+    assert lines[-1] == (f"   files in {out}: all_results.json, model.safetensors, sparsity_masks.safetensors, "
+                         "config.json")
 
 
 def test_protein_class_fasta_dir_records_split(tmp_path):
