@@ -12,12 +12,15 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["smc_hf", "smc_hf.*", "tasks", "tasks.*"]),
+    # Floors: transformers 5.6 is the oldest release the test suite passes on (5.2 added the optimizer factories
+    # the two-rate optimizer of the arithmetic and protein tasks needs; before 5.6, AutoTokenizer loses the mBART-50
+    # class the translation task needs). torch, accelerate and peft: what transformers 5.6 itself requires.
     install_requires=[
         "torch>=2.4",
-        "transformers>=4.46",
-        "accelerate>=1.0",
+        "transformers>=5.6",
+        "accelerate>=1.1",
         "datasets>=3.0",
-        "peft>=0.13",
+        "peft>=0.18.2",
         "safetensors>=0.4",
         "numpy",
         "scikit-learn",

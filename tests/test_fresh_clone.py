@@ -75,3 +75,17 @@ def test_ci_runs_the_readme_commands_in_a_clone():
 def test_makefile_targets_exist(target):
     with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as handle:
         assert re.search(rf"^{target}: setup$", handle.read(), re.M)
+
+
+def test_transformers_floor_has_what_the_code_needs():
+    """setup.py's floor is a release with optimizer factories (the two-rate optimizer) and the installed one meets it."""
+    from packaging.version import Version
+    import transformers
+    from transformers.trainer_optimizer import is_optimizer_factory
+
+    from tasks.base import TwoRateAdamW
+
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as handle:
+        floor = re.search(r'"transformers>=([\d.]+)"', handle.read()).group(1)
+    assert Version(floor) >= Version("5.6") and Version(transformers.__version__) >= Version(floor)
+    assert is_optimizer_factory(TwoRateAdamW)
