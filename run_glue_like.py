@@ -194,9 +194,13 @@ def summary(results: dict[str, Any], output_dir: str) -> str:
     target = "-" if sparsity["target"] is None else f"{sparsity['target']:.3f}"
     wanted = ("all_results.json", "model.safetensors", "sparsity_masks.safetensors", "config.json", "data_splits.json")
     files = [name for name in wanted if os.path.isfile(os.path.join(output_dir, name))]
+    rule = ""
+    if results.get("metric_rule") == "best":
+        final = results.get("final_metric")
+        rule = f"best, at step {results.get('best_step')}" + ("" if final is None else f"; final {final:.2f}") + ", "
     return "\n".join([
         f"== {results['task']}: {results['metric_name']} {results['metric']:.2f} "
-        f"(trained in {results['train_runtime']:.1f} s, seed {results['seed']})",
+        f"({rule}trained in {results['train_runtime']:.1f} s, seed {results['seed']})",
         f"   sparsity ({config.get('method')}): target {target}, achieved {sparsity['achieved']:.3f} "
         f"({sparsity['zeros']:,} of {sparsity['selected_numel']:,} selected weights are zero)",
         f"   files in {output_dir}: {', '.join(files)}",

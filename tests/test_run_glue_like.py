@@ -94,6 +94,31 @@ def test_mawps_real_fold_files(tmp_path, capsys):
     modules = result["sparsity"]["modules"]  # GTS, the default decoder: its matrices are pruned with the encoder's
     assert all(any(name.startswith(f"{part}.") for name in modules) for part in ("encoder", "predict", "generate",
                                                                                   "merge"))
+    out = str(tmp_path / "out-mawps")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3:] == run_glue_like.summary(result, out).splitlines()
+    assert lines[-3].startswith(f"== mawps: answer_accuracy {result['metric']:.2f} (trained in ")
+    assert lines[-2].startswith(f"   sparsity (omp_before): target 0.500, achieved {result['sparsity']['achieved']:.3f} (")
+    assert lines[-1] == (f"   files in {out}: all_results.json, model.safetensors, sparsity_masks.safetensors, "
+                         "config.json")
+
+
+def test_summary_names_the_reporting_rule(tmp_path):
+    (tmp_path / "all_results.json").write_text("{}")
+    results = {"task": "csqa", "metric_name": "accuracy", "metric": 71.25, "metric_rule": "best", "best_step": 300,
+               "final_metric": 70.0, "train_runtime": 12.34, "seed": 3, "sparsity_config": {"method": "gmp"},
+               "sparsity": {"target": 0.9, "achieved": 0.9, "zeros": 900, "selected_numel": 1000}}
+    assert run_glue_like.summary(results, str(tmp_path)).splitlines() == [
+        "== csqa: accuracy 71.25 (best, at step 300; final 70.00, trained in 12.3 s, seed 3)",
+        "   sparsity (gmp): target 0.900, achieved 0.900 (900 of 1,000 selected weights are zero)",
+        f"   files in {tmp_path}: all_results.json",
+    ]
+    dense = {**results, "metric_rule": "final", "sparsity_config": {"method": "dense"},
+             "sparsity": {"target": None, "achieved": 0.0, "zeros": 0, "selected_numel": 1000}}
+    assert run_glue_like.summary(dense, str(tmp_path)).splitlines()[:2] == [
+        "== csqa: accuracy 71.25 (trained in 12.3 s, seed 3)",
+        "   sparsity (dense): target -, achieved 0.000 (0 of 1,000 selected weights are zero)",
+    ]
 
 
 def test_mawps_sequence_decoder_option(tmp_path):
@@ -103,13 +128,6 @@ def test_mawps_sequence_decoder_option(tmp_path):
     result = run(tmp_path, "mawps", model, "--data_dir", ARITHMETIC, "--max_train_samples", "8",
                  "--max_eval_samples", "4", "--decoder", "seq", steps="2")
     assert any(name.startswith("decoder.") for name in result["sparsity"]["modules"])
-    out = str(tmp_path / "out-mawps")
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[-3:] == run_glue_like.summary(result, out).splitlines()
-    assert lines[-3].startswith(f"== mawps: answer_accuracy {result['metric']:.2f} (trained in ")
-    assert lines[-2].startswith(f"   sparsity (omp_before): target 0.500, achieved {result['sparsity']['achieved']:.3f} (")
-    assert lines[-1] == (f"   files in {out}: all_results.json, model.safetensors, sparsity_masks.safetensors, "
-                         "config.json")
 
 
 def test_protein_class_fasta_dir_records_split(tmp_path):
