@@ -4,9 +4,75 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+
+#: Largest int any field takes (int64), and the seed range that torch, numpy and `transformers.set_seed` all accept.
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1
+
+
+def _type_error(name: str, value, expected: str, fix: str = "") -> ValueError:
+    shown = f"the string {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+    return ValueError(f"{name} must be {expected}, got {shown}" + (f"; {fix}" if fix else ""))
+
+
+def _coerce(name: str, kind: str, value):
+    """`value` checked against the field's declared type (`bool`, `int`, `float`, `str`, `list[str]`).
+
+    The CLI parser (`HfArgumentParser`) converts its strings before construction, so any string still reaching
+    a bool, int or float field came from Python or a JSON file and is refused rather than guessed at.
+    """
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        fix = ("write it without quotes: false/true in JSON, False/True in Python"
+               if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0") else "")
+        raise _type_error(name, value, "true or false (a boolean)", fix)
+    if kind == "int":
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(name, value, "a whole number", "pass an integer such as 2" if isinstance(value, float) else "")
+        if abs(value) > INT64_MAX:
+            raise ValueError(f"{name} = {value} does not fit in 64 bits")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(name, value, "a number")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise _type_error(name, value, "a string")
+        return value
+    if kind == "list[str]":
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(name, value, "a list of strings (regexes)")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ValueError(f"{name} must be a list of strings (regexes); item {i} is {item!r} "
+                                 f"({type(item).__name__}), quote it")
+        return list(value)
+    raise TypeError(f"SparsityConfig.{name}: unsupported field type {kind!r}")
+
+
+def _field_kind(hint) -> tuple[str, bool]:
+    """('int', True) for Optional[int]: the base type's name and whether None is allowed."""
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) is typing.Union and type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        return f"list[{typing.get_args(hint)[0].__name__}]", optional
+    return hint.__name__, optional
 
 
 def _arg(default, help: str, alias: str | None = None, **kwargs):
@@ -94,20 +160,17 @@ class SparsityConfig:
         from .allocation import DISTRIBUTIONS
         from .methods import METHODS
 
+        self._check_types()
         self.method = METHODS.canonical(self.method)
-        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
-            raise ValueError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
-        self.sparsity = float(self.sparsity)
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.distribution is not None:
             self.distribution = DISTRIBUTIONS.canonical(self.distribution)
+        if self.mask_seed is not None and not 0 <= self.mask_seed <= SEED_MAX:
+            raise ValueError(f"mask_seed must be in [0, 2**32 - 1] (the seeds transformers' set_seed accepts), "
+                             f"got {self.mask_seed}")
         for name in ("targets", "ignore"):
-            patterns = getattr(self, name)
-            if isinstance(patterns, str):
-                patterns = [patterns]
-                setattr(self, name, patterns)
-            for pattern in patterns or []:
+            for pattern in getattr(self, name) or []:
                 try:
                     re.compile(pattern)
                 except re.error as err:
@@ -149,6 +212,20 @@ class SparsityConfig:
                 "give one of them"
             )
 
+    def _check_types(self) -> None:
+        """Every field has its declared type (ints whole, floats finite, bools real booleans), or a ValueError
+        naming the field is raised here, before anything runs."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            kind, optional = _field_kind(hints[f.name])
+            value = getattr(self, f.name)
+            if value is None:
+                if optional:
+                    continue
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                raise ValueError(f"{f.name} must not be None; leave it out for its default {default!r}")
+            setattr(self, f.name, _coerce(f.name, kind, value))
+
     def _check_range(self, name: str, low, high, allow_none: bool = False):
         value = getattr(self, name)
         if value is None and allow_none:
@@ -165,11 +242,26 @@ class SparsityConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SparsityConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        """A config from field names; the CLI spellings (`sparsity_method`, `sparsity-method`) are accepted too."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a SparsityConfig must be a JSON object / dict, got {type(data).__name__}")
+        names = {}
+        for f in dataclasses.fields(cls):
+            for spelling in [f.name] + [a.lstrip("-") for a in f.metadata.get("aliases", [])]:
+                names[spelling] = names[spelling.replace("_", "-")] = f.name
+        kwargs, unknown = {}, []
+        for key, value in data.items():
+            name = names.get(key)
+            if name is None:
+                unknown.append(key)
+            elif name in kwargs:
+                raise ValueError(f"SparsityConfig field {name!r} is given twice (as {key!r} and another spelling)")
+            else:
+                kwargs[name] = value
         if unknown:
-            raise ValueError(f"unknown SparsityConfig fields: {', '.join(unknown)}")
-        return cls(**data)
+            raise ValueError(f"unknown SparsityConfig fields: {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(f.name for f in dataclasses.fields(cls))}")
+        return cls(**kwargs)
 
     @classmethod
     def from_json_string(cls, text: str) -> "SparsityConfig":

@@ -10,8 +10,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A case-insensitive mapping from names (and aliases) to registered objects."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, name_attr: str | None = None):
+        """`name_attr`: an attribute that `register` sets on each object to its registered name, so an object
+        (e.g. a method class) can name itself in messages without repeating the name by hand."""
         self.kind = kind
+        self.name_attr = name_attr
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
 
@@ -21,6 +24,8 @@ class Registry(Generic[T]):
             if key in self._items or key in self._aliases:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[key] = obj
+            if self.name_attr:
+                setattr(obj, self.name_attr, key)
             for alias in aliases:
                 self._aliases[alias.lower()] = key
             return obj
