@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from .masks import MASKS_FILE, MaskSet
-from .safetensors_io import open_safetensors
 from .report import ModuleSparsity, SparsityReport, sparsity_report
+from .safetensors_io import checkpoint_files, open_safetensors
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -138,13 +138,8 @@ def load_weights(model: nn.Module, folder: str) -> None:
     if os.path.isfile(single):
         state = _load_file(single)
     elif os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
         state = {}
-        for name in files:
-            path = os.path.join(folder, name)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"shard {name} listed in {index} is missing")
+        for path in checkpoint_files(folder):
             state.update(_load_file(path))
     else:
         raise FileNotFoundError(f"no model.safetensors in {folder}")

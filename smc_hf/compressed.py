@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .masks import MASKS_FILE
-from .safetensors_io import INDEX_FILE, SINGLE_FILE, TensorInfo, checkpoint_files, open_safetensors
+from .safetensors_io import INDEX_FILE, SINGLE_FILE, TensorInfo, checkpoint_files, member_path, open_safetensors
 
 BOOL_MASKS_FORMAT = "smc_hf.bool_masks"
 PACKED_MASKS_FORMAT = "smc_hf.packed_bits"
@@ -168,6 +168,12 @@ def _compressed_index(folder: str) -> dict:
         raise ValueError(f"{path}: not a valid compressed index ({err})") from None
     if index.get("format") != COMPRESSED_FORMAT:
         raise ValueError(f"{path}: format {index.get('format')!r}, expected {COMPRESSED_FORMAT!r}")
+    if not isinstance(files, dict) or not isinstance(index.get("weight_map", {}), dict):
+        raise ValueError(f"{path}: dense_files and weight_map must be objects of names")
+    for name in [*files, *files.values(), *index.get("weight_map", {}).values()]:
+        member_path(folder, name, path)
+    if len(set(files.values())) != len(files):
+        raise ValueError(f"{path}: two compressed shards map to the same dense file")
     missing = [n for n in files if not os.path.isfile(os.path.join(folder, n))]
     if missing:
         raise FileNotFoundError(f"shard(s) {missing} listed in {path} are missing")

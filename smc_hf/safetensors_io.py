@@ -47,6 +47,22 @@ class TensorInfo:
         return self.numel * torch.empty((), dtype=DTYPES[self.dtype]).element_size()
 
 
+def member_path(folder: str, name, source: str, subfolders: bool = False) -> str:
+    """`folder/name` for a file name read from a file's content (an index, a state file), refused unless it
+    stays inside `folder`: a plain file name (or, with `subfolders`, a relative path of plain names), never
+    absolute, never `..`, never a backslash or NUL. An edited index must not make us read or write elsewhere."""
+    parts = name.split("/") if isinstance(name, str) else []
+    bad = (
+        not parts or "\\" in name or "\0" in name or os.path.isabs(name) or (len(name) > 1 and name[1] == ":")
+        or any(p in ("", ".", "..") for p in parts) or (len(parts) > 1 and not subfolders)
+    )
+    if bad:
+        rule = "a relative path of plain names inside the folder" if subfolders else "a plain file name"
+        raise ValueError(f"{source}: file name {name!r} is not {rule} (no '..', no absolute path, no separators); "
+                         "the file was edited or corrupted: restore it")
+    return os.path.join(folder, *parts)
+
+
 @contextmanager
 def open_safetensors(path: str) -> Iterator:
     """`safe_open(path)`, turning a missing or unreadable file into an error that names it."""
@@ -83,11 +99,13 @@ def checkpoint_files(folder: str) -> list[str]:
                 weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{index}: not a valid safetensors index ({err})") from None
-        files = sorted(set(weight_map.values()))
-        missing = [name for name in files if not os.path.isfile(os.path.join(folder, name))]
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: weight_map must be an object of tensor name -> shard file")
+        files = sorted({member_path(folder, name, index) for name in weight_map.values()})
+        missing = [os.path.basename(path) for path in files if not os.path.isfile(path)]
         if missing:
             raise FileNotFoundError(f"shard(s) {missing} listed in {index} are missing")
-        return [os.path.join(folder, name) for name in files]
+        return files
     if os.path.isfile(single):
         return [single]
     pickles = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if os.path.isfile(os.path.join(folder, n))]
