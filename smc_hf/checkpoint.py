@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -241,18 +242,36 @@ def _check_output(output_dir: str, overwrite: bool) -> None:
         raise FileExistsError(f"output folder {output_dir} exists and is not empty; pass overwrite=True (--overwrite)")
 
 
+def check_output_outside(output_dir: str, sources) -> None:
+    """Refuse an output folder that is, or contains, a folder the job reads: replacing it would delete the input."""
+    out = os.path.realpath(output_dir)
+    for source in sources:
+        if not source or not os.path.exists(source):
+            continue
+        src = os.path.realpath(source)
+        if src == out or src.startswith(out.rstrip(os.sep) + os.sep):
+            relation = "is" if src == out else "contains"
+            raise ValueError(f"output folder {output_dir} {relation} the input {source}; writing there would replace "
+                             "(delete) the input: choose an --output outside it")
+
+
 def partial_dir(output_dir: str) -> str:
     return os.path.abspath(output_dir).rstrip(os.sep) + PARTIAL_SUFFIX
 
 
 @contextmanager
-def staged_folder(output_dir: str, overwrite: bool = False, resume: bool = False) -> Iterator[str]:
+def staged_folder(
+    output_dir: str, overwrite: bool = False, resume: bool = False, sources: tuple = ()
+) -> Iterator[str]:
     """Build a folder under `<output_dir>.partial` and rename it to `output_dir` only once complete.
 
     With `resume`, an existing partial folder is kept (for work that can continue) and left in place if the
     body fails; otherwise it is started afresh and removed on failure. A `.partial` folder without our
-    marker file is never touched.
+    marker file is never touched. `sources`: folders the job reads, which `output_dir` must not be or contain.
+    An existing output (with `overwrite`) is moved to a fresh unique name before the swap, so no folder
+    smc_hf did not create (such as a user's `<output>.old`) is ever removed.
     """
+    check_output_outside(output_dir, sources)
     output_dir = os.path.abspath(output_dir)
     _check_output(output_dir, overwrite)
     stage = partial_dir(output_dir)
@@ -275,9 +294,8 @@ def staged_folder(output_dir: str, overwrite: bool = False, resume: bool = False
     os.remove(marker)
     _check_output(output_dir, overwrite)
     if os.path.isdir(output_dir):
-        old = output_dir + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(output_dir, old)
+        old = tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".replaced-", dir=os.path.dirname(output_dir))
+        os.rename(output_dir, os.path.join(old, "previous"))
         os.rename(stage, output_dir)
         shutil.rmtree(old)
     else:
@@ -318,7 +336,7 @@ def save_sparse_pretrained(
 ) -> str:
     """Save a pruned model as a sparse folder: dense weights with exact zeros (or the compressed form),
     the masks, the config block and a model card, appearing atomically at `output_dir`."""
-    with staged_folder(output_dir, overwrite=overwrite) as stage:
+    with staged_folder(output_dir, overwrite=overwrite, sources=(auxiliary_from,)) as stage:
         model.save_pretrained(stage, max_shard_size=max_shard_size)
         write_sparse_artifacts(model, stage, masks, config, packed_masks=packed_masks, source=base_model)
         if auxiliary_from and os.path.isdir(auxiliary_from):

@@ -13,7 +13,10 @@ import shlex
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional, Union
 
-from .checkpoint import AUXILIARY_SUFFIXES, model_class_for, read_sparsity_block, report_from_block, save_sparse_pretrained
+from .checkpoint import (
+    AUXILIARY_SUFFIXES, check_output_outside, model_class_for, read_sparsity_block, report_from_block,
+    save_sparse_pretrained,
+)
 from .compressed import COMPRESSED_INDEX
 from .config import SparsityConfig
 from .report import SparsityReport
@@ -173,6 +176,7 @@ def prune_checkpoint(
     check_method(config, args)
     command = command or equivalent_command(source, config, args)
     local = resolve_source(source, args)
+    check_output_outside(args.output, (local, source))
     if os.path.isfile(os.path.join(local, COMPRESSED_INDEX)):
         raise ValueError(f"{local} holds compressed weights; write a dense copy first with "
                          "smc_hf.compressed.decompress_folder(src, dst)")

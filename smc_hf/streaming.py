@@ -414,7 +414,7 @@ def prune_checkpoint_streaming(
         keep = erk_keep_counts([t.info.shape for t in targets], config.sparsity, config.erk_power_scale)
         local_counts = {t.name: t.info.numel - kept for t, kept in zip(targets, keep)}
 
-    with staged_folder(output_dir, overwrite=overwrite, resume=True) as stage:
+    with staged_folder(output_dir, overwrite=overwrite, resume=True, sources=(source,)) as stage:
         state_path = os.path.join(stage, STATE_FILE)
         state = StreamingState.load(state_path)
         if state is None or state.fingerprint != fingerprint:
