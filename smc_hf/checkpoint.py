@@ -310,14 +310,19 @@ def finish_sparse_folder(
     from .model_card import write_model_card
 
     if compress:
-        from .compressed import COMPRESSED_INDEX, compress_folder
+        from .compressed import compress_folder
 
-        sizes = compress_folder(folder)
-        block = read_sparsity_block(folder) or {}
-        block.update(weights_format="bitmask_compressed", weights_index=COMPRESSED_INDEX,
-                     compressed_ratio=sizes.ratio)
-        write_config_block(folder, block)
+        mark_compressed(folder, compress_folder(folder).ratio)
     write_model_card(folder, base_model=base_model, command=command)
+
+
+def mark_compressed(folder: str, ratio: float) -> None:
+    """Record in the `sparsity` block that the folder's weights are in the compressed format (idempotent)."""
+    from .compressed import COMPRESSED_INDEX
+
+    block = read_sparsity_block(folder) or {}
+    block.update(weights_format="bitmask_compressed", weights_index=COMPRESSED_INDEX, compressed_ratio=ratio)
+    write_config_block(folder, block)
 
 
 def save_sparse_pretrained(

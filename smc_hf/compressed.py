@@ -21,7 +21,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .masks import MASKS_FILE
-from .safetensors_io import INDEX_FILE, SINGLE_FILE, TensorInfo, checkpoint_files, member_path, open_safetensors
+from .safetensors_io import (
+    INDEX_FILE, SINGLE_FILE, TensorInfo, checkpoint_files, member_path, open_safetensors,
+    save_tensors,
+)
 
 BOOL_MASKS_FORMAT = "smc_hf.bool_masks"
 PACKED_MASKS_FORMAT = "smc_hf.packed_bits"
@@ -61,10 +64,10 @@ def save_masks(masks: dict[str, torch.Tensor], path: str, packed: bool = True) -
     if packed:
         shapes = {n: tuple(m.shape) for n, m in masks.items()}
         _, metadata = packed_masks_plan(shapes)
-        save_file({n: pack_bits(m) for n, m in masks.items()}, tmp, metadata=metadata)
+        save_tensors({n: pack_bits(m) for n, m in masks.items()}, tmp, metadata=metadata)
     else:
         tensors = {n: m.detach().cpu().to(torch.bool).contiguous() for n, m in masks.items()}
-        save_file(tensors, tmp, metadata={"format": BOOL_MASKS_FORMAT})
+        save_tensors(tensors, tmp, metadata={"format": BOOL_MASKS_FORMAT})
     os.replace(tmp, path)
 
 
@@ -104,10 +107,14 @@ def _compressed_name(dense_file: str) -> str:
     return f"{stem}.bitmask.safetensors"
 
 
-def compress_folder(folder: str, masks: Optional[dict[str, torch.Tensor]] = None) -> CompressionSizes:
+def compress_folder(
+    folder: str, masks: Optional[dict[str, torch.Tensor]] = None, remove_dense: bool = True
+) -> CompressionSizes:
     """Replace the dense weight files of a sparse folder by the compressed format, one shard in memory at a time.
 
-    `masks` defaults to the folder's mask file. Weights without a mask are stored unchanged.
+    `masks` defaults to the folder's mask file. Weights without a mask are stored unchanged. With
+    `remove_dense=False` the dense files stay until `remove_dense_files`, so a job killed in between can record
+    that compression finished and then just finish the removal (the dense files are never half gone before that).
     """
     if masks is None:
         masks = read_masks(os.path.join(folder, MASKS_FILE))
@@ -133,7 +140,7 @@ def compress_folder(folder: str, masks: Optional[dict[str, torch.Tensor]] = None
         if clash:
             raise ValueError(f"{path}: weights {clash[:5]} collide with other tensors named '<weight>.values/.bitmask'")
         target = os.path.join(folder, _compressed_name(path))
-        save_file(out, target + ".tmp", metadata={"format": COMPRESSED_FORMAT, "compressed": json.dumps(layout)})
+        save_tensors(out, target + ".tmp", metadata={"format": COMPRESSED_FORMAT, "compressed": json.dumps(layout)})
         os.replace(target + ".tmp", target)
         written.append(target)
         weight_map.update({n: os.path.basename(target) for n in tensors})
@@ -147,13 +154,23 @@ def compress_folder(folder: str, masks: Optional[dict[str, torch.Tensor]] = None
         "dense_files": {os.path.basename(t): os.path.basename(d) for t, d in zip(written, files)},
         "weight_map": weight_map,
     }
-    with open(os.path.join(folder, COMPRESSED_INDEX), "w") as f:
+    index_path = os.path.join(folder, COMPRESSED_INDEX)
+    with open(index_path + ".tmp", "w") as f:
         json.dump(index, f, indent=2, sort_keys=True)
-    for path in files:
-        os.remove(path)
+    os.replace(index_path + ".tmp", index_path)
+    if remove_dense:
+        remove_dense_files(folder)
+    return CompressionSizes(dense_bytes, compressed_bytes)
+
+
+def remove_dense_files(folder: str) -> None:
+    """Delete the dense weight files (and their index) that the folder's compressed index replaces; idempotent."""
+    index = _compressed_index(folder)
+    for name in index["dense_files"].values():
+        if os.path.isfile(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
     if os.path.isfile(os.path.join(folder, INDEX_FILE)):
         os.remove(os.path.join(folder, INDEX_FILE))
-    return CompressionSizes(dense_bytes, compressed_bytes)
 
 
 def _compressed_index(folder: str) -> dict:

@@ -189,3 +189,12 @@ class SafetensorsWriter:
             self.close()
         else:
             self.abort()
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str, metadata: Optional[dict[str, str]] = None) -> None:
+    """`save_file` with a reproducible header: the metadata keeps its order (safetensors' own writer orders it
+    at random), so the same tensors always give the same bytes and a resumed job matches an uninterrupted one."""
+    plan = [TensorInfo(name, DTYPE_NAMES[t.dtype], tuple(t.shape)) for name, t in tensors.items()]
+    with SafetensorsWriter(path, plan, metadata) as out:
+        for name, tensor in tensors.items():
+            out.write(name, tensor)

@@ -15,8 +15,9 @@ the threshold's bin (at most 65536 pairs). Measured on a 3.8 GB checkpoint in 1 
 1.4 x the largest shard above the interpreter's own (benchmarks/streaming_prune.py).
 `uniform` and `erk` need no global passes: each tensor's exact count is resolved in memory when written.
 
-Output is built under `<output>.partial` with a state file; an interrupted run resumes from the last
-complete shard (and skips the threshold passes) when started again with the same arguments.
+Output is built under `<output>.partial` with a state file that records each finished stage (thresholds,
+each shard, the merged mask file, compression); an interrupted run started again with the same arguments
+continues after the last finished stage and ends with the same bytes as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ from tqdm.auto import tqdm
 
 from .allocation import erk_keep_counts, ordered_keys
 from .checkpoint import (
-    PARTIAL_MARKER, copy_auxiliary_files, finish_sparse_folder, model_class_for, sparsity_block, staged_folder,
+    PARTIAL_MARKER, copy_auxiliary_files, mark_compressed, model_class_for, sparsity_block, staged_folder,
     write_config_block,
 )
-from .compressed import pack_bits, packed_masks_plan, unpack_bits
+from .compressed import compress_folder, pack_bits, packed_masks_plan, remove_dense_files, unpack_bits
 from .config import SparsityConfig
 from .masks import MASKS_FILE
+from .model_card import write_model_card
 from .report import ModuleSparsity, SparsityReport
 from .safetensors_io import (
     INDEX_FILE, SafetensorsWriter, TensorInfo, checkpoint_files, open_safetensors, read_header,
@@ -225,11 +227,22 @@ def key_function(criterion: str, seed: int) -> Callable[[str, int, torch.Tensor]
 
 
 # -- the job --------------------------------------------------------------------------------------------
+#: The job's stages, in order; the state file records the last one finished, so a rerun continues after it.
+STAGES = ("shards", "merged", "compressed")
+
+
 @dataclass
 class StreamingState:
     fingerprint: str
     thresholds: dict[str, list[int]] = field(default_factory=dict)  # name -> [threshold, tie quota]
     done: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # shard -> name -> [numel, zeros, pruned]
+    #: "shards" while shards are written (`done` says which), then "merged" (mask file written, pieces may
+    #: remain), then "compressed" (compressed files and index written, dense files may remain).
+    stage: str = "shards"
+    compressed_ratio: Optional[float] = None
+
+    def reached(self, stage: str) -> bool:
+        return STAGES.index(self.stage) >= STAGES.index(stage)
 
     def save(self, path: str) -> None:
         with open(path + ".tmp", "w") as f:
@@ -238,10 +251,16 @@ class StreamingState:
 
     @classmethod
     def load(cls, path: str) -> Optional["StreamingState"]:
+        """The saved state, or None when there is none or it is unreadable (the run then starts over)."""
         if not os.path.isfile(path):
             return None
-        with open(path) as f:
-            return cls(**json.load(f))
+        try:
+            with open(path) as f:
+                state = cls(**json.load(f))
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+            logger.warning("%s is unreadable (%s); starting over", path, err)
+            return None
+        return state if state.stage in STAGES else None
 
 
 def _fingerprint(files: list[str], config: SparsityConfig, **options) -> str:
@@ -354,11 +373,35 @@ def _merge_masks(stage: str, targets: list[Target], packed: bool) -> None:
         by_file.setdefault(os.path.basename(t.file), []).append(t)
     with SafetensorsWriter(os.path.join(stage, MASKS_FILE), plan, metadata) as out:
         for shard, group in by_file.items():
-            pieces = load_file(os.path.join(stage, PIECES_DIR, shard))
+            piece = os.path.join(stage, PIECES_DIR, shard)
+            if not os.path.isfile(piece):
+                raise FileNotFoundError(f"{piece}: mask piece missing from the partial run in {stage}; "
+                                        "delete that folder and run again")
+            pieces = load_file(piece)
             for t in group:
                 bits = pieces[t.name]
                 out.write(t.name, bits if packed else unpack_bits(bits, t.info.shape, t.name))
-    shutil.rmtree(os.path.join(stage, PIECES_DIR))
+
+
+def _assemble(stage: str, source: str, targets: list[Target], state: StreamingState, config: SparsityConfig,
+              packed_masks: bool, base_model: Optional[str]) -> SparsityReport:
+    """Copy the source's index, config and auxiliary files and write the `sparsity` block (idempotent)."""
+    if os.path.isfile(os.path.join(source, INDEX_FILE)):
+        shutil.copy2(os.path.join(source, INDEX_FILE), os.path.join(stage, INDEX_FILE))
+    shutil.copy2(os.path.join(source, "config.json"), os.path.join(stage, "config.json"))
+    copy_auxiliary_files(source, stage)
+    report = _report(targets, state, config)
+    block = sparsity_block(report, config, MASKS_FILE, masks_format="packed_bits" if packed_masks else "bool",
+                           source=base_model or source, streaming=True)
+    write_config_block(stage, block)
+    return report
+
+
+def _report(targets: list[Target], state: StreamingState, config: SparsityConfig) -> SparsityReport:
+    stats = {name: s for shard in state.done.values() for name, s in shard.items()}
+    modules = [ModuleSparsity(t.name, stats[t.name][0], stats[t.name][1], stats[t.name][2] / t.info.numel)
+               for t in targets]
+    return SparsityReport(modules, config.sparsity)
 
 
 def _clear_stage(stage: str) -> None:
@@ -406,7 +449,8 @@ def prune_checkpoint_streaming(
     targets = select_targets(source, headers, config, model_class, trust_remote_code)
     seed = config.mask_seed if config.mask_seed is not None else 0
     keys_of = key_function(criterion, seed)
-    fingerprint = _fingerprint(files, config, model_class=model_class, packed=packed_masks, source=os.path.abspath(source))
+    fingerprint = _fingerprint(files, config, model_class=model_class, packed=packed_masks, compress=compress,
+                               source=os.path.abspath(source))
     local_counts: dict[str, int] = {}
     if distribution == "uniform":
         local_counts = {t.name: round(config.sparsity * t.info.numel) for t in targets}
@@ -436,18 +480,22 @@ def prune_checkpoint_streaming(
                     path, stage, by_file.get(path, set()), state.thresholds, local_counts, keys_of, bar
                 )
                 state.save(state_path)
-        _merge_masks(stage, targets, packed_masks)
-        if os.path.isfile(os.path.join(source, INDEX_FILE)):
-            shutil.copy2(os.path.join(source, INDEX_FILE), os.path.join(stage, INDEX_FILE))
-        shutil.copy2(os.path.join(source, "config.json"), os.path.join(stage, "config.json"))
-        copy_auxiliary_files(source, stage)
-        stats = {name: s for shard in state.done.values() for name, s in shard.items()}
-        modules = [ModuleSparsity(t.name, stats[t.name][0], stats[t.name][1], stats[t.name][2] / t.info.numel)
-                   for t in targets]
-        report = SparsityReport(modules, config.sparsity)
-        block = sparsity_block(report, config, MASKS_FILE, masks_format="packed_bits" if packed_masks else "bool",
-                               source=base_model or source, streaming=True)
-        write_config_block(stage, block)
+        if not state.reached("merged"):
+            _merge_masks(stage, targets, packed_masks)
+            state.stage = "merged"
+            state.save(state_path)
+        shutil.rmtree(os.path.join(stage, PIECES_DIR), ignore_errors=True)
+        if not state.reached("compressed"):
+            report = _assemble(stage, source, targets, state, config, packed_masks, base_model)
+        else:
+            report = _report(targets, state, config)
+        if compress:
+            if not state.reached("compressed"):
+                state.compressed_ratio = compress_folder(stage, remove_dense=False).ratio
+                state.stage = "compressed"
+                state.save(state_path)
+            remove_dense_files(stage)
+            mark_compressed(stage, state.compressed_ratio)
+        write_model_card(stage, base_model=base_model or source, command=command)
         os.remove(state_path)
-        finish_sparse_folder(stage, compress=compress, base_model=base_model or source, command=command)
     return report
