@@ -9,6 +9,7 @@ from accelerate import PartialState
 from safetensors.torch import load_model, save_model
 
 from ..context import PruneContext
+from ..safetensors_io import member_path
 from .base import SparsityMethod
 from .registry import METHODS
 
@@ -45,9 +46,10 @@ class LTH(SparsityMethod):
     target must lie within 0.005 of that grid; the last pruning goes to the target itself, so 0.59 means four
     rounds of 20% with the fourth ending at 0.59 rather than 0.5904. `rewind_step` 0 rewinds to the weights the
     run started from (the paper); k > 0 to those after k optimizer steps of round 0 (late rewinding).
-    The rewind weights are written once, as safetensors, to round 0's folder (`lth_rewind.safetensors`),
-    so a run resumed in any round rewinds to the same point. `lth_rewind=False` keeps training the pruned weights
-    of the previous round instead (learning-rate rewinding only), as the release's ESM-1b protein LTH.
+    The rewind weights are written once, as safetensors, to round 0's folder (`lth_rewind.safetensors`), and the
+    state records that path relative to the run's folder, so a run resumed in any round (even after the folder
+    was moved) rewinds to the same point. `lth_rewind=False` keeps training the pruned weights of the previous
+    round instead (learning-rate rewinding only), as the release's ESM-1b protein LTH.
     """
 
     timing = "after"
@@ -101,25 +103,37 @@ class LTH(SparsityMethod):
             self._save_rewind_point(ctx)
 
     # -- the rewind point ----------------------------------------------------------------------------------
-    def _save_rewind_point(self, ctx: PruneContext) -> None:
+    def _run_dir(self, ctx: PruneContext) -> str:
+        """The run's output folder: round k < last trains in `<run>/round-k`, the last round in `<run>` itself
+        (`SparseTrainer`'s layout). The rewind file is recorded relative to it, so a moved run still resumes."""
         if not ctx.output_dir:
             raise ValueError("lth writes its rewind weights under the output directory; none was given")
-        path = os.path.abspath(os.path.join(ctx.output_dir, REWIND_FILE))
+        folder = os.path.abspath(ctx.output_dir)
+        return folder if ctx.round >= self.num_rounds - 1 else os.path.dirname(folder)
+
+    def _save_rewind_point(self, ctx: PruneContext) -> None:
+        run_dir = self._run_dir(ctx)
+        relative = os.path.relpath(os.path.join(os.path.abspath(ctx.output_dir), REWIND_FILE), run_dir)
+        path = os.path.join(run_dir, relative)
         if getattr(ctx.args, "should_save", True):
             os.makedirs(ctx.output_dir, exist_ok=True)
             save_model(ctx.model, path + ".tmp", metadata={"format": "pt", "rewind_step": str(self.config.rewind_step)})
             os.replace(path + ".tmp", path)
         PartialState().wait_for_everyone()
-        self.rewind_file = path
+        self.rewind_file = relative.replace(os.sep, "/")
 
     def _rewind(self, ctx: PruneContext) -> None:
-        if not self.rewind_file or not os.path.isfile(self.rewind_file):
+        run_dir = self._run_dir(ctx)
+        path = None
+        if self.rewind_file:
+            path = member_path(run_dir, self.rewind_file, "lth state (rewind_file)", subfolders=True)
+        if not path or not os.path.isfile(path):
             raise FileNotFoundError(
-                f"lth: rewind weights not found at {self.rewind_file}; they are written in round 0 "
-                f"(its output folder), which must be kept until the last round has started"
+                f"lth: rewind weights not found at {path or os.path.join(run_dir, 'round-0', REWIND_FILE)}; they are "
+                "written in round 0 (its output folder), which must be kept until the last round has started"
             )
         device = next(ctx.model.parameters()).device
-        load_model(ctx.model, self.rewind_file, strict=True, device=str(device))
+        load_model(ctx.model, path, strict=True, device=str(device))
         ctx.masks.apply(ctx.optimizer)
 
     # -- resume --------------------------------------------------------------------------------------------
@@ -129,3 +143,6 @@ class LTH(SparsityMethod):
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.rewind_file = state.get("rewind_file")
+        if self.rewind_file and os.path.isabs(self.rewind_file):
+            # written by an older smc_hf as an absolute path: keep its place inside the run folder
+            self.rewind_file = f"round-0/{REWIND_FILE}"
