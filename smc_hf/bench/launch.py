@@ -1,12 +1,19 @@
-"""Command lines: the entry script's for one cell, and one-cell `smc-bench run` lines for a job array."""
+"""Command lines: the entry script's for one cell, and one-cell `smc-bench run` lines for a job array; and
+`run_child`, which runs a cell's process so that it never outlives `smc-bench`."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
+import signal
+import subprocess
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 from .grid import Cell, format_sparsity
 
@@ -82,3 +89,89 @@ class Launcher:
         if self.extra_args:
             args += ["--", *self.extra_args]
         return shlex.join(args)
+
+
+#: Seconds a child gets to stop after SIGTERM before it is killed.
+STOP_GRACE_S = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def child_preexec(then=None):
+    """A `preexec_fn` that runs `then` (e.g. CPU pinning) and, on Linux, asks the kernel to send the child
+    SIGTERM when this process dies, even by SIGKILL. `prctl` is looked up here, in the parent, so the child
+    only makes one system call before exec."""
+    prctl = None
+    if sys.platform.startswith("linux"):
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
+    if prctl is None:
+        return then
+    parent = os.getpid()
+
+    def preexec():
+        if then is not None:
+            then()
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def stop_children(processes) -> None:
+    """SIGTERM every child still running, then SIGKILL those still alive after `STOP_GRACE_S`."""
+    alive = [p for p in processes if p.poll() is None]
+    for p in alive:
+        p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in alive:
+        try:
+            p.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+class Signalled(BaseException):
+    """SIGTERM or SIGHUP reached `smc-bench`: unwinds the sweep (stopping its children) before it ends."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextmanager
+def children_end_with_us() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into `Signalled` inside the block, so `finally` clauses stop the children; then end
+    this process by the same signal (its previous handler). Only the main thread can install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_signalled(signum, frame):
+        raise Signalled(signum)
+
+    previous = {signum: signal.signal(signum, raise_signalled) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except Signalled as caught:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        previous = {}
+        os.kill(os.getpid(), caught.signum)
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_child(command: list[str], pass_fds=(), **popen_kwargs) -> int:
+    """Run `command` to its end and return its exit code; the child never outlives this process."""
+    proc = subprocess.Popen(command, preexec_fn=child_preexec(), pass_fds=tuple(pass_fds), **popen_kwargs)
+    with children_end_with_us():
+        try:
+            return proc.wait()
+        finally:
+            stop_children([proc])

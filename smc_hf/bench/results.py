@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any, Optional
@@ -21,6 +22,7 @@ from .grid import Cell, MethodSpec
 
 RESULT_FILE = "result.json"
 RUN_RESULTS_FILE = "all_results.json"
+ATTEMPTS_FILE = "attempts.json"
 FORMAT = "smc-bench-cell/1"
 _PACKAGES = ("torch", "transformers", "accelerate", "datasets", "peft")
 #: Evaluation metrics a cross-validated task records in each fold's `metrics` (tasks/arithmetic.py): the
@@ -127,12 +129,68 @@ def read_run_results(path: str, cell: Cell, ran: Optional[Cell] = None, round_id
     return data
 
 
+def begin_attempt(folder: str, log_path: str) -> list[dict[str, Any]]:
+    """Record the start of an attempt at a run in `folder/attempts.json`, and close any attempt whose
+    `smc-bench` was killed: it ended when its log was last written (its run reported no train_runtime)."""
+    path = os.path.join(folder, ATTEMPTS_FILE)
+    attempts = []
+    if os.path.isfile(path):
+        try:
+            attempts = _load_json(path).get("attempts", [])
+        except ResultError:
+            attempts = []
+    for attempt in attempts:
+        if "wall_s" not in attempt:
+            started = float(attempt.get("started", 0.0))
+            ended = os.path.getmtime(log_path) if os.path.isfile(log_path) else started
+            attempt.update(wall_s=max(ended - started, 0.0), exit_code=None, train_runtime=None, killed=True)
+    attempts.append({"started": time.time()})
+    write_json_atomic(path, {"attempts": attempts})
+    return attempts
+
+
+def end_attempt(folder: str, attempts: list[dict[str, Any]], exit_code: int, wall_s: float,
+                train_runtime: Optional[float]) -> None:
+    attempts[-1].update(wall_s=wall_s, exit_code=exit_code, train_runtime=train_runtime, killed=False)
+    write_json_atomic(os.path.join(folder, ATTEMPTS_FILE), {"attempts": attempts})
+
+
+def reported_runtime(path: str) -> Optional[float]:
+    """The train_runtime a run's all_results.json reports, or None."""
+    try:
+        value = _load_json(path).get("train_runtime")
+    except ResultError:
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def attempt_totals(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cost over every attempt at a run: wall time summed; train_runtime summed, counting an attempt that
+    never reported one (killed or failed) at its wall time, as it spent that time training."""
+    def runtime(a):
+        value = a.get("train_runtime")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float(a["wall_s"])
+
+    return {
+        "train_runtime": sum(runtime(a) for a in attempts),
+        "train_runtime_last_attempt": attempts[-1].get("train_runtime"),
+        "wall_time_s": sum(float(a["wall_s"]) for a in attempts),
+        "wall_time_last_attempt_s": float(attempts[-1]["wall_s"]),
+        "attempts": len(attempts),
+    }
+
+
 def build_result(cell: Cell, model: Optional[str], run: dict[str, Any], command: list[str], wall_time_s: float,
-                 shared: Optional[dict[str, Any]] = None) -> dict:
+                 shared: Optional[dict[str, Any]] = None, attempts: Optional[list[dict[str, Any]]] = None) -> dict:
     """The cell's result record; `complete` comes last and marks a file written to the end.
 
     `shared` says where a result that another run produced comes from (an LTH chain's round, or the dense
-    fine-tuning an after-training cell started from)."""
+    fine-tuning an after-training cell started from). With `attempts` (see `begin_attempt`), train_runtime and
+    wall_time_s are sums over every attempt at the run, the last attempt's kept apart."""
+    totals = attempt_totals(attempts) if attempts else {
+        "train_runtime": run.get("train_runtime"), "train_runtime_last_attempt": run.get("train_runtime"),
+        "wall_time_s": wall_time_s, "wall_time_last_attempt_s": wall_time_s, "attempts": 1,
+    }
     cell_data: dict[str, Any] = {"task": cell.task, "method": cell.method.spec, "sparsity": cell.sparsity,
                                  "seed": cell.seed}
     if cell.fold is not None:
@@ -147,8 +205,7 @@ def build_result(cell: Cell, model: Optional[str], run: dict[str, Any], command:
         "sparsity": run["sparsity"],
         "sparsity_config": run["sparsity_config"],
         "metrics": run.get("metrics", {}),
-        "train_runtime": run.get("train_runtime"),
-        "wall_time_s": wall_time_s,
+        **totals,
         **({"shared_run": shared} if shared else {}),
         "command": command,
         "versions": environment_versions(),

@@ -24,13 +24,17 @@ from typing import Callable, Iterable, Optional
 from tqdm.auto import tqdm
 
 from .grid import Cell
-from .launch import Launcher
+from .launch import Launcher, child_preexec, children_end_with_us, stop_children
+from .lock import LockHeld, acquire_lock, release_lock
 from .plan import ROUND_DONE_FILE, RUN_DIR, Unit, build_plan, fine_tunings
 from .results import (
     RESULT_FILE,
     RUN_RESULTS_FILE,
     ResultError,
+    begin_attempt,
     build_result,
+    end_attempt,
+    reported_runtime,
     read_result,
     read_run_results,
     write_json_atomic,
@@ -157,6 +161,8 @@ class _Running:
     command: list[str]
     start: float
     slot: int
+    lock_fd: Optional[int] = None
+    attempts: list = field(default_factory=list)
 
 
 class _Sweep:
@@ -171,6 +177,8 @@ class _Sweep:
         self.failed_units: set[int] = set()
         self.wanted: set[Cell] = set(cells)
         self.todo: list[Unit] = []
+        self.running: list[_Running] = []
+        self.attempts: dict[int, list] = {}  # id(unit) -> its attempts (see results.begin_attempt)
 
     # -- recording ------------------------------------------------------------------------------------
     def _model(self, unit: Unit, run: dict) -> Optional[str]:
@@ -204,17 +212,18 @@ class _Sweep:
             except ResultError as err:
                 error = error or str(err)
                 continue
-            shared = None
+            shared, attempts = None, None
             if unit.kind == "chain":
                 shared = {"run": unit.run_relpath, "round": round_idx if round_idx is not None else unit.rounds - 1}
                 wall_s = float(run.get("train_runtime") or 0.0)
             else:
                 wall_s = wall
+                attempts = self.attempts.get(id(unit))
                 if unit.source is not None:
                     shared = {"dense_run": os.path.relpath(unit.source.dense_dir(self.results_dir), self.results_dir)}
             os.makedirs(cell_dir(self.results_dir, cell), exist_ok=True)
             write_json_atomic(os.path.join(cell_dir(self.results_dir, cell), RESULT_FILE),
-                              build_result(cell, self._model(unit, run), run, command, wall_s, shared))
+                              build_result(cell, self._model(unit, run), run, command, wall_s, shared, attempts))
             self.done.add(cell.key)
             if cell in self.wanted:
                 self.summary.completed.append(cell)
@@ -222,9 +231,17 @@ class _Sweep:
 
     # -- running --------------------------------------------------------------------------------------
     def start(self, unit: Unit, slot: int) -> _Running:
+        """Start `unit`'s process, its folder locked against a second smc-bench (`LockHeld` if it is)."""
         folder = cell_dir(self.results_dir, unit.cell)
         run_dir = os.path.join(self.results_dir, unit.run_relpath)
-        os.makedirs(folder, exist_ok=True)
+        lock_fd = acquire_lock(folder, f"run {unit.run_relpath}")
+        try:
+            return self._start_locked(unit, slot, folder, run_dir, lock_fd)
+        except BaseException:
+            release_lock(lock_fd)
+            raise
+
+    def _start_locked(self, unit: Unit, slot: int, folder: str, run_dir: str, lock_fd) -> _Running:
         stale = os.path.join(run_dir, RUN_RESULTS_FILE)
         if os.path.exists(stale):
             os.remove(stale)  # left by an attempt killed before its result was recorded
@@ -233,26 +250,34 @@ class _Sweep:
         if unit.kind == "chain":  # rounds finished by a killed attempt are recorded before it goes on
             self.record(unit, command, 0.0, final=False)
         log_path = os.path.join(folder, LOG_FILE)
+        attempts = begin_attempt(folder, log_path)
+        self.attempts[id(unit)] = attempts
         log = open(log_path, "a", encoding="utf-8")
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
         cores = self.slots[slot]
+        # the child inherits the lock, so the folder stays locked while it runs, and dies with this process
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=slot_env(cores),
-                                   preexec_fn=_pin(cores))
+                                   preexec_fn=child_preexec(_pin(cores)),
+                                   pass_fds=() if lock_fd is None else (lock_fd,))
         self.summary.runs.append(unit)
-        return _Running(unit, process, log, log_path, command, time.monotonic(), slot)
+        return _Running(unit, process, log, log_path, command, time.monotonic(), slot, lock_fd, attempts)
 
     def finish(self, running: _Running, code: int) -> Optional[str]:
         running.log.close()
+        release_lock(running.lock_fd)
         unit = running.unit
         wall = time.monotonic() - running.start
+        final = os.path.join(unit.round_dir(self.results_dir, None), RUN_RESULTS_FILE)
+        end_attempt(cell_dir(self.results_dir, unit.cell), running.attempts, code, wall,
+                    reported_runtime(final) if code == 0 else None)
         if code != 0:
             self.record(unit, running.command, wall, final=False)
             return f"exit code {code}; see {running.log_path}:\n{_tail(running.log_path)}"
         return self.record(unit, running.command, wall, final=True)
 
     def run(self, plan: list[Unit], todo: list[Unit], bar) -> None:
-        queue, running = list(todo), []
+        queue, running = list(todo), self.running
         dependents: dict[int, list[Unit]] = {}
         for unit in plan:
             if unit.source is not None:
@@ -272,7 +297,13 @@ class _Sweep:
                     continue  # waits for its dense run
                 queue.remove(unit)
                 bar.set_postfix_str(str(unit.cell))
-                running.append(self.start(unit, free.pop(0)))
+                try:
+                    running.append(self.start(unit, free[0]))
+                except LockHeld as err:
+                    self.finished.add(id(unit))
+                    self.fail(unit, str(err))
+                    continue
+                free.pop(0)
             for item in list(running):
                 code = item.process.poll()
                 if code is None:
@@ -340,7 +371,11 @@ def run_sweep(cells: list[Cell], results_dir: str, launcher: Launcher, delete_ru
             os.replace(path, path + ".rejected")
     bar = tqdm(total=runs, desc="smc-bench", unit="fine-tuning", dynamic_ncols=True)
     try:
-        sweep.run(plan, todo, bar)
+        with children_end_with_us():  # SIGTERM/SIGHUP, Ctrl-C or an error: no child keeps training
+            try:
+                sweep.run(plan, todo, bar)
+            finally:
+                stop_children([r.process for r in sweep.running])
     finally:
         bar.close()
     return summary
