@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from smc_hf.bench import Launcher
-from smc_hf.bench.grid import Cell, MethodSpec
+from smc_hf.bench import Launcher, build_grid, parse_methods, run_sweep
 from smc_hf.bench.lock import LOCK_FILE, folder_lock
-from smc_hf.bench.sweep import cell_dir, run_cell
+from smc_hf.bench.sweep import cell_dir
 from tests.test_bench import FAKE_ENTRY, ROOT, fake, sweep_argv  # noqa: F401  (fixture)
 
 DRIVER = textwrap.dedent("""
@@ -55,28 +54,26 @@ def test_killing_only_the_parent_stops_its_child(tmp_path, sig):
     assert _wait(lambda: not _alive(child)), f"child {child} outlived its parent killed by {sig!r}"
 
 
-def _cell():
-    return Cell("toy", MethodSpec("omp_before"), 0.5, 1)
-
-
 def test_a_locked_cell_is_refused_and_a_dead_holder_never_blocks(fake, tmp_path):
     entry, calls = fake
     out = str(tmp_path / "results")
     launcher = Launcher(entry, "tiny")
-    folder = cell_dir(out, _cell())
+    (cell,) = build_grid(["toy"], parse_methods("omp_before"), [0.5], [1], dense=False)
+    folder = cell_dir(out, cell)
     with folder_lock(folder, "test"):
-        error = run_cell(_cell(), out, launcher)
-    assert f"cell {_cell()} is being run by another smc-bench process (pid {os.getpid()}" in error
+        summary = run_sweep([cell], out, launcher, log=lambda m: None)
+    ((failed, error),) = summary.failed
+    assert failed == cell and f"is being run by another smc-bench process (pid {os.getpid()}" in error
     assert os.path.join(folder, LOCK_FILE) in error and calls() == []
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from smc_hf.bench.lock import folder_lock\n"
          "with folder_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(120)", folder],
         env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    assert "is being run by another" in run_cell(_cell(), out, launcher)
+    assert not run_sweep([cell], out, launcher, log=lambda m: None).ok
     holder.kill()
     holder.wait()
-    assert run_cell(_cell(), out, launcher) is None
+    assert run_sweep([cell], out, launcher, log=lambda m: None).ok
     assert len(calls()) == 1
 
 
