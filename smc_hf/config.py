@@ -46,7 +46,7 @@ def _coerce(name: str, kind: str, value):
             raise _type_error(name, value, "a number")
         if not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value}")
-        return float(value)
+        return value  # an int stays an int: a step count reads back as written
     if kind == "str":
         if not isinstance(value, str):
             raise _type_error(name, value, "a string")
@@ -162,6 +162,7 @@ class SparsityConfig:
 
         self._check_types()
         self.method = METHODS.canonical(self.method)
+        self.sparsity = float(self.sparsity)
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.distribution is not None:
