@@ -85,13 +85,14 @@ def calibration_gradients(
     require_all: bool = True,
     what: str = "calibration",
     progress: Optional[bool] = None,
+    train_mode: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield, for each of `count` batches (None: one full pass), the float32 gradient of the loss for every
     parameter in `params`.
 
     `masks` (name -> bool keep-mask) zero the gradients of pruned weights. With `require_all`, fewer than
     `count` batches is an error; otherwise the batches at hand are used, with a warning.
-    `progress=None` shows a bar only on a terminal.
+    `progress=None` shows a bar only on a terminal. `train_mode` keeps dropout on (the release's SNIP).
     """
     if dataloader is None:
         raise ValueError(
@@ -112,7 +113,7 @@ def calibration_gradients(
     try:
         for p in frozen:
             p.requires_grad_(True)
-        model.eval()
+        model.train(train_mode)
         batches = calibration_loader(dataloader, seed)
         available = len(batches) if hasattr(batches, "__len__") else None
         if require_all and count is not None and available is not None and available < count:

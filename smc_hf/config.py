@@ -131,8 +131,17 @@ class SparsityConfig:
     )
     erk_power_scale: float = _arg(1.0, "ERK exponent (1.0 = Erdos-Renyi-Kernel as in RigL).")
     snip_batches: int = _arg(1, "SNIP: training batches whose |grad * weight| scores are summed.")
+    snip_train_mode: bool = _arg(
+        False, "SNIP (and rigl_init snip): score with dropout on, as the release's train-mode pass (default off: "
+        "the score depends on the weights and the batch alone).",
+    )
     rigl_init: str = _arg("omp", "RigL: initial mask from omp, snip or random.")
     drop_fraction: float = _arg(0.5, "RigL: initial fraction of active weights dropped per update (cosine-decayed).")
+    rigl_release_growth: bool = _arg(
+        False, "RigL: the release's growth: just-dropped weights may be regrown in the same update and keep their "
+        "value, and no optimizer moment is reset (default: grown weights start at 0 with zeroed moments and "
+        "just-dropped weights are not regrown).",
+    )
     drop_fraction_min: float = _arg(
         0.005, "RigL: the drop fraction the cosine decay reaches at end_step (the release's eta_min 0.005)."
     )

@@ -40,14 +40,14 @@ def random(ctx: PruneContext) -> dict[str, torch.Tensor]:
 
 
 @CRITERIA.register("snip")
-def snip(ctx: PruneContext, batches: int = 1) -> dict[str, torch.Tensor]:
+def snip(ctx: PruneContext, batches: int = 1, train_mode: bool = False) -> dict[str, torch.Tensor]:
     """SNIP connection sensitivity (Lee et al. 2019): |grad * w| of the task loss, summed over `batches`
-    calibration batches (one per batch, then added), at the current weights."""
+    calibration batches (one per batch, then added), at the current weights; `train_mode` keeps dropout on."""
     params = ctx.masks.params
     scores = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
     gradients = calibration_gradients(
         ctx.model, params, ctx.dataloader, batches, seed=calibration_seed(ctx.seed, ctx.round, ctx.step),
-        what="SNIP scores", progress=show_progress(ctx.args),
+        what="SNIP scores", progress=show_progress(ctx.args), train_mode=train_mode,
     )
     for grads in gradients:
         with torch.no_grad():

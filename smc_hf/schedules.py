@@ -56,10 +56,12 @@ class GradualSchedule:
             )
         every = config.update_every or default_interval(max_steps)
         schedule = cls(b, e, every, bool(getattr(config, "exact_end", True)))
-        if not schedule.events():
+        if not schedule.events() or every > e:
             raise ValueError(
-                f"the schedule never prunes: no multiple of update_every = {every} lies in [{b}, {e}) and "
-                "exact_end is off; lower update_every or turn exact_end on"
+                f"the schedule never prunes: no multiple of update_every = {every} lies in [{b}, {e}) of a "
+                f"{max_steps}-step run (exact_end alone would prune once, at step {e}: one-shot, not gradual); "
+                "lower update_every (the tasks set the release's interval for their full-length runs: a shorter "
+                "run passes --sparsity_update_every)"
             )
         return schedule
 

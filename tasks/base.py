@@ -7,6 +7,7 @@ hyper-parameters. The entry script only wires these to the trainer, so adding a 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from abc import ABC, abstractmethod
@@ -14,6 +15,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from smc_hf import SparsityConfig
 
 
 #: Training arguments that, when a command sets one, leave the whole model selection to the command.
@@ -173,6 +176,16 @@ def check_known_tokens(encoded: Dataset, tokenizer, source: str, sample: int = U
     return share
 
 
+def _field_names(given: Iterable[str]) -> set[str]:
+    """The given option names plus the `SparsityConfig` fields they set: `--sparsity_update_every` given means
+    the task's `update_every` default must not follow it (argparse keeps the last value)."""
+    given = set(given)
+    for f in dataclasses.fields(SparsityConfig):
+        if given & {a.lstrip("-") for a in f.metadata.get("aliases", [])}:
+            given.add(f.name)
+    return given
+
+
 class TaskDefinition(ABC):
     """One benchmark dataset. Subclasses set the class attributes and implement the four hooks.
 
@@ -182,7 +195,8 @@ class TaskDefinition(ABC):
       default_model: the paper's checkpoint (a Hub id).
       auto_model: the `AutoModelFor...` class name of the head.
       metric_name: primary metric key in `compute_metrics` output (accuracies are in percent).
-      training_defaults: the paper's hyper-parameters as `TrainingArguments` values, applied unless given.
+      training_defaults: the paper's hyper-parameters as `TrainingArguments` values, applied unless given, and
+        `update_every`: the release's fixed mask-update interval of GMP and RigL for the task's full-length run.
       select_best_on: the paper's model selection: evaluate and save every epoch and load, at the end of each
         training round, the checkpoint with the best value of this metric key (as `metric_for_best_model`
         reads it), so the reported figure is the best evaluation and the after-training methods and LTH prune
@@ -209,7 +223,7 @@ class TaskDefinition(ABC):
         The selection is one unit (`load_best_model_at_end` needs matching eval and save strategies): a command
         that sets any of `SELECTION_SWITCHES` owns the evaluation protocol and gets none of it by default.
         """
-        given = set(given)
+        given = _field_names(given)
         defaults = dict(self.training_defaults)
         if self.select_best_on and not given & set(SELECTION_SWITCHES):
             defaults.update({"eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,

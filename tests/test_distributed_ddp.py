@@ -33,7 +33,7 @@ def launch(inputs, name, processes, *extra, **env):
     args = [
         "--task", "csqa", "--model_name_or_path", model_dir, "--train_file", data, "--validation_file", data,
         "--output_dir", str(out), "--sparsity_method", "gmp", "--sparsity", str(SPARSITY),
-        "--max_steps", str(STEPS), "--per_device_train_batch_size", str(global_batch // processes),
+        "--max_steps", str(STEPS), "--sparsity_update_every", "1", "--per_device_train_batch_size", str(global_batch // processes),
         "--learning_rate", "1e-3", "--warmup_steps", "0", "--max_grad_norm", "0", "--disable_tqdm", "True",
         "--use_cpu", "True", "--average_tokens_across_devices", "False", "--report_to", "none", *extra,
     ]

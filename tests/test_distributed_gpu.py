@@ -38,7 +38,7 @@ def test_masks_stay_exact_under_each_backend(tmp_path, config, method, precision
     data, model_dir = tiny_csqa(tmp_path)
     out = tmp_path / "out"
     processes = min(2, GPUS)
-    extra = ["--update_every", "2", "--end_step", "5"] if method == "rigl" else []
+    extra = ["--update_every", "2"] + (["--end_step", "5"] if method == "rigl" else [])
     result = accelerate_launch("distributed_driver.py", [
         "--task", "csqa", "--model_name_or_path", model_dir, "--train_file", data, "--validation_file", data,
         "--output_dir", str(out), "--sparsity_method", method, "--sparsity", "0.5", "--max_steps", "6",

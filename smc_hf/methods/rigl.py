@@ -48,7 +48,9 @@ class RigL(SparsityMethod):
     m = `drop_fraction_min` (0.005), and grows n where the dense gradient of step t is largest among the weights
     that were inactive before the drop. Just-dropped weights are not regrown in the same update, so every update
     moves exactly n connections per layer and layer densities never change. Grown weights start at 0 with zeroed
-    optimizer state.
+    optimizer state. `rigl_release_growth` restores the release's growth: the n are grown among all weights
+    inactive after the drop (just-dropped ones included; a regrown one keeps its value) and no optimizer moment
+    is reset.
 
     The gradient is the one the Trainer computed for step t (accumulated over its micro-batches): the growth set
     is chosen in `before_optimizer_step`, where gradients are still dense, and the mask is changed after the
@@ -65,6 +67,7 @@ class RigL(SparsityMethod):
             self.distribution = "uniform" if config.rigl_init == "random" else "global"
         self._growth: Optional[dict[str, torch.Tensor]] = None
         self._growth_step = -1
+        self._fraction = 0.0
 
     @classmethod
     def validate(cls, config) -> None:
@@ -82,7 +85,8 @@ class RigL(SparsityMethod):
         if self.every > self.end:
             raise ValueError(
                 f"rigl would never update the mask: update_every = {self.every} steps is past end_step "
-                f"(step {self.end} of {ctx.max_steps}); lower update_every or move end_step later"
+                f"(step {self.end} of {ctx.max_steps}); lower update_every or move end_step later (the tasks set "
+                "the release's interval for their full-length runs: a shorter run passes --sparsity_update_every)"
             )
 
     def is_update(self, step: int) -> bool:
@@ -93,7 +97,9 @@ class RigL(SparsityMethod):
 
     def on_round_begin(self, ctx: PruneContext) -> None:
         init = self.config.rigl_init
-        scores = CRITERIA.get("snip")(ctx, batches=self.config.snip_batches) if init == "snip" else None
+        scores = CRITERIA.get("snip")(
+            ctx, batches=self.config.snip_batches, train_mode=self.config.snip_train_mode
+        ) if init == "snip" else None
         self.prune_to(ctx, self.config.sparsity, criterion=INITS[init], scores=scores)
 
     # -- updates -------------------------------------------------------------------------------------------
@@ -107,6 +113,9 @@ class RigL(SparsityMethod):
             logger.warning("rigl: non-finite gradients at step %d; the mask update of this step is skipped", step)
             return
         fraction = drop_fraction_at(step, self.end, self.config.drop_fraction, self.config.drop_fraction_min)
+        if self.config.rigl_release_growth:  # growth is chosen after the drop, among just-dropped weights too
+            self._growth, self._growth_step, self._fraction = grads, step, fraction
+            return
         growth = {}
         for name, mask in ctx.masks.masks.items():
             active = int(mask.sum())
@@ -118,16 +127,20 @@ class RigL(SparsityMethod):
     def after_optimizer_step(self, ctx: PruneContext) -> None:
         if self._growth is None or self._growth_step != ctx.step:
             return
-        growth, self._growth = self._growth, None
-        for name, grow in growth.items():
+        pending, self._growth = self._growth, None
+        release = self.config.rigl_release_growth
+        growth = {}
+        for name, scores in pending.items():
             mask, param = ctx.masks.masks[name], ctx.masks.params[name]
-            n = int(grow.sum())
+            n = drop_count(int(mask.sum()), mask.numel(), self._fraction) if release else int(scores.sum())
             magnitude = param.detach().abs().float().masked_fill_(~mask, float("inf"))
-            dropped = ~prune_lowest([ordered_keys(magnitude)], n)[0]
-            ctx.masks.set(name, (mask & ~dropped) | grow)
+            kept = mask & prune_lowest([ordered_keys(magnitude)], n)[0]
+            growth[name] = _top(scores.masked_fill_(kept, float("-inf")), n) if release else scores
+            ctx.masks.set(name, kept | growth[name])
         ctx.masks.apply(ctx.optimizer)
         ctx.masks.apply_to_grads()
-        self._reset_grown(ctx, growth)
+        if not release:
+            self._reset_grown(ctx, growth)
 
     def _reset_grown(self, ctx: PruneContext, growth: dict[str, torch.Tensor]) -> None:
         """Grown weights start from zero, with zero optimizer moments (they were inactive until now)."""

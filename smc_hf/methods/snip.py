@@ -13,8 +13,9 @@ class SNIP(SparsityMethod):
     """Keep the weights with the largest |grad * w| of the task loss, summed over `snip_batches` training batches
     (SMC-Bench: one batch), ranked globally by default; the mask stays fixed during fine-tuning.
 
-    Scores come from calibration passes with dropout off, on a seeded shuffle of the training set inside a
-    Trainer, or on the dataloader given to `prune_model` in its own order (see `smc_hf.calibration`).
+    Scores come from calibration passes on a seeded shuffle of the training set inside a Trainer (the release: the
+    first batch of its shuffled epoch, an equally random batch), or on the dataloader given to `prune_model` in its
+    own order (see `smc_hf.calibration`). Dropout is off unless `snip_train_mode` (the release's train-mode pass).
     """
 
     timing = "before"
@@ -23,7 +24,7 @@ class SNIP(SparsityMethod):
     needs_data = True
 
     def on_round_begin(self, ctx: PruneContext) -> None:
-        scores = CRITERIA.get("snip")(ctx, batches=self.config.snip_batches)
+        scores = CRITERIA.get("snip")(ctx, batches=self.config.snip_batches, train_mode=self.config.snip_train_mode)
         self.prune_to(ctx, self.config.sparsity, scores=scores)
 
     one_shot = on_round_begin
