@@ -169,6 +169,7 @@ class ArithmeticTask(TaskDefinition):
     training_defaults = {
         "num_train_epochs": 50, "per_device_train_batch_size": 4, "learning_rate": 8e-6,
         "weight_decay": 1e-5, "lr_scheduler_type": "constant", "max_grad_norm": 0.0, "update_every": 1000,
+        "seed": 6174,
     }
 
     def _split_files(self, data: DataArguments) -> dict[str, str]:

@@ -159,6 +159,7 @@ class ProteinTask(TaskDefinition):
     training_defaults = {
         "per_device_train_batch_size": 3, "num_train_epochs": 4, "learning_rate": 1e-6,
         "lr_scheduler_type": "cosine", "warmup_steps": 0.3, "weight_decay": 0.01, "update_every": 500,
+        "seed": 1,
     }
 
     def __init__(self):
