@@ -23,7 +23,7 @@ from smc_hf import SparsityConfig
 SELECTION_SWITCHES = ("eval_strategy", "save_strategy", "load_best_model_at_end")
 
 #: ModelArguments fields that only one task family reads.
-FAMILY_OPTIONS = {"prune_embeddings": "arithmetic", "classifier_head": "protein"}
+FAMILY_OPTIONS = {"prune_embeddings": "arithmetic", "classifier_head": "protein", "epoch_one_cycle": "protein"}
 
 
 class DataError(ValueError):
@@ -63,6 +63,12 @@ class ModelArguments:
         default=None,
         metadata={"help": "Arithmetic solver decoder: 'gts' (default, the paper's goal-driven tree decoder) or 'seq' "
                   "(a Transformer sequence decoder)."},
+    )
+    epoch_one_cycle: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Protein only: the release's schedule, torch's OneCycleLR stepped once per epoch (the rate "
+                  "constant within an epoch), in place of the per-step cosine; needs --lr_scheduler_type constant "
+                  "--warmup_steps 0 beside it."},
     )
 
 

@@ -31,7 +31,8 @@ reported (`select_best_on`; the release evaluates every `eval_freq` steps, whose
 epoch is this project's choice), the final one beside it.
 
 Paper hyper-parameters (ESM-1b scripts, spec section 2.3): batch 3, 4 epochs, backbone lr 1e-6, AdamW with its
-default weight decay 0.01, one-cycle schedule (here: cosine with 30% warm-up), sequences truncated to 1022
+default weight decay 0.01, one-cycle schedule stepped once per epoch (here: cosine with 30% warm-up per step;
+`--epoch_one_cycle True --lr_scheduler_type constant --warmup_steps 0` is the release's), sequences truncated to 1022
 residues. The scripts pass a head lr of 2e-2 but never step the head's optimizer; here the head trains at 1e-3
 (`--head_learning_rate`). TAPE (one HP-S panel) and ESM-IF1 are not here.
 """
@@ -48,6 +49,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, truncate
+from .epoch_schedule import EpochOneCycle
 from .io import csv_rows, read_json, read_jsonl, text_lines
 from .metrics import accuracy
 from .protein_model import EsmMeanPoolForSequenceClassification
@@ -353,6 +355,20 @@ class ProteinTask(TaskDefinition):
 
     def head_parameter_prefixes(self, model) -> tuple[str, ...]:
         return ("classifier",)
+
+    def trainer_kwargs(self, model, model_args: ModelArguments, training_args) -> dict[str, Any]:
+        """The two-rate optimizer, and with `--epoch_one_cycle` the release's per-epoch one-cycle rate on it."""
+        kwargs = super().trainer_kwargs(model, model_args, training_args)
+        if model_args.epoch_one_cycle:
+            scheduler = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+            if scheduler != "constant" or training_args.warmup_steps:
+                raise ValueError(
+                    f"{self.name}: --epoch_one_cycle sets each epoch's rate itself over a constant schedule, but the "
+                    f"schedule is {scheduler!r} with warmup_steps {training_args.warmup_steps}; pass "
+                    "--lr_scheduler_type constant --warmup_steps 0 with it"
+                )
+            kwargs["callbacks"] = [EpochOneCycle(training_args.num_train_epochs)]
+        return kwargs
 
     def compute_metrics(self, tokenizer, raw_eval: Dataset, model):
         def compute(eval_pred):

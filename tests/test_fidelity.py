@@ -13,17 +13,18 @@ import re
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from transformers import Seq2SeqTrainingArguments
+from transformers import Seq2SeqTrainingArguments, TrainerControl, TrainerState
 
 import run_glue_like
-from smc_hf import SparsityConfig, prune_model
+from smc_hf import SparseTrainer, SparsityConfig, prune_model
 from smc_hf.bench.names import LEGEND
 from smc_hf.context import PruneContext
 from smc_hf.masks import MaskSet
 from smc_hf.methods import METHODS, build_method
 from smc_hf.methods.rigl import drop_fraction_at
 from tasks import TASKS, DataArguments, ModelArguments, get_task
-from tests.helpers import ToyClassification, tiny_roberta
+from tasks.epoch_schedule import EpochOneCycle, one_cycle_epoch_factors
+from tests.helpers import ToyClassification, tiny_roberta, training_args
 from tests.test_rigl import _top as top_k, _train as train_rigl
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "fidelity.md"
@@ -40,7 +41,7 @@ AUDIT_ROWS = (
 #: The arithmetic solver's rows the GTS model settles; only these may stay pending.
 MAY_BE_PENDING = {"C4.1", "C4.3", "C4.6", "C4.7", "C4.10"}
 #: Differences a switch could undo but none does yet; a new one must be added here on purpose.
-MAY_BE_OPEN = {"C2.1", "C5.6"}
+MAY_BE_OPEN = {"C2.1"}
 SPAN = re.compile(r"`([^`]+)`")
 
 
@@ -223,3 +224,60 @@ def test_release_growth_regrows_just_dropped_weights_with_their_value_and_moment
                     assert bool((value[regrown] != 0).all()), (name, key)
             assert bool((u["params"][name][~new] == 0).all())
     assert regrown_total > 0, "no just-dropped weight was regrown: the test shows nothing"
+
+
+# -- the protein release's one-cycle schedule stepped per epoch (C5.6) ------------------------------------------
+
+def _one_cycle_by_hand(epochs: int) -> list[float]:
+    """torch's OneCycleLR formula (30% warm-up from peak/25, cosine down to peak/2.5e5) at steps 0 .. E-1."""
+    warm_end, last, start, end = 0.3 * epochs - 1, epochs - 1, 1 / 25, 1 / 25 / 1e4
+
+    def cos(a, b, pct):
+        return b + (a - b) / 2 * (1 + math.cos(math.pi * pct))
+
+    return [cos(start, 1.0, k / warm_end) if k <= warm_end else cos(1.0, end, (k - warm_end) / (last - warm_end))
+            for k in range(epochs)]
+
+
+def test_epoch_one_cycle_gives_each_epoch_the_release_rate(tmp_path):
+    assert one_cycle_epoch_factors(4) == pytest.approx(_one_cycle_by_hand(4), rel=1e-6)
+    assert one_cycle_epoch_factors(4) == pytest.approx([0.04, 0.8117, 0.2829, 4e-6], rel=1e-3)
+    assert one_cycle_epoch_factors(3) == pytest.approx(_one_cycle_by_hand(3), rel=1e-6)
+    task = get_task("hp-s")
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-6, num_train_epochs=4,
+                                    lr_scheduler_type="cosine", warmup_steps=0.3)
+    with pytest.raises(ValueError, match="--lr_scheduler_type constant --warmup_steps 0"):
+        task.trainer_kwargs(None, ModelArguments(epoch_one_cycle=True), args)
+    assert "callbacks" not in task.trainer_kwargs(None, ModelArguments(), args)
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-6, num_train_epochs=4,
+                                    lr_scheduler_type="constant", warmup_steps=0)
+    (callback,) = task.trainer_kwargs(None, ModelArguments(epoch_one_cycle=True), args)["callbacks"]
+    assert isinstance(callback, EpochOneCycle)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [param], "lr": 1e-6}, {"params": [], "lr": 1e-3}])
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # the constant schedule keeps initial_lr
+    for epoch, factor in ((0.0, 0.04), (0.75, 0.04), (1.0, 0.8117), (2.5, 0.2829), (3.9, 4e-6)):
+        callback.on_step_begin(args, TrainerState(epoch=epoch), TrainerControl(), optimizer=optimizer)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-6 * factor, 1e-3 * factor], rel=1e-3)
+    with pytest.raises(ValueError, match="--epoch_one_cycle applies to the protein tasks only"):
+        get_task("csqa").check_model_arguments(ModelArguments(epoch_one_cycle=True))
+
+
+def test_epoch_one_cycle_sets_the_rate_each_optimizer_step_uses_in_a_trainer(tmp_path):
+    """ToyClassification(n=8) at batch 4: two steps per epoch; the rate of each step is read just before it."""
+    from transformers import TrainerCallback
+
+    class RateRecorder(TrainerCallback):
+        def __init__(self):
+            self.rates = []
+
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            self.rates.append(optimizer.param_groups[0]["lr"])
+
+    recorder = RateRecorder()
+    args = training_args(tmp_path, max_steps=-1, num_train_epochs=4, lr_scheduler_type="constant", warmup_steps=0)
+    trainer = SparseTrainer(model=tiny_roberta(), args=args, train_dataset=ToyClassification(n=8),
+                            callbacks=[EpochOneCycle(4), recorder], sparsity_config=SparsityConfig())
+    trainer.train()
+    expected = [1e-3 * f for f in one_cycle_epoch_factors(4) for _ in range(2)]
+    assert recorder.rates == pytest.approx(expected, rel=1e-6)
