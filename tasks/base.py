@@ -7,7 +7,6 @@ hyper-parameters. The entry script only wires these to the trainer, so adding a 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from abc import ABC, abstractmethod
@@ -15,8 +14,6 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-from smc_hf import SparsityConfig
 
 
 #: Training arguments that, when a command sets one, leave the whole model selection to the command.
@@ -182,16 +179,6 @@ def check_known_tokens(encoded: Dataset, tokenizer, source: str, sample: int = U
     return share
 
 
-def _field_names(given: Iterable[str]) -> set[str]:
-    """The given option names plus the `SparsityConfig` fields they set: `--sparsity_update_every` given means
-    the task's `update_every` default must not follow it (argparse keeps the last value)."""
-    given = set(given)
-    for f in dataclasses.fields(SparsityConfig):
-        if given & {a.lstrip("-") for a in f.metadata.get("aliases", [])}:
-            given.add(f.name)
-    return given
-
-
 class TaskDefinition(ABC):
     """One benchmark dataset. Subclasses set the class attributes and implement the four hooks.
 
@@ -229,7 +216,7 @@ class TaskDefinition(ABC):
         The selection is one unit (`load_best_model_at_end` needs matching eval and save strategies): a command
         that sets any of `SELECTION_SWITCHES` owns the evaluation protocol and gets none of it by default.
         """
-        given = _field_names(given)
+        given = set(given)
         defaults = dict(self.training_defaults)
         if self.select_best_on and not given & set(SELECTION_SWITCHES):
             defaults.update({"eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
