@@ -25,7 +25,7 @@ test: setup
 demo: setup
 	$(BIN)/python -m tasks.tiny --output out/tiny-roberta
 	$(BIN)/python run_glue_like.py --task mawps --fold 0 --model_name_or_path out/tiny-roberta \
-		--sparsity_method gmp --sparsity 0.5 --max_steps 100 --per_device_train_batch_size 16 \
+		--sparsity_method gmp --sparsity 0.5 --max_steps 100 --sparsity_update_every 10 --per_device_train_batch_size 16 \
 		--output_dir out/demo --report_to none
 
 bench: setup
