@@ -8,7 +8,8 @@
 # A sweep over tasks x methods x sparsities x seeds as a job array: one array task per cell, one GPU each.
 #
 #   scripts/sweep_job_array.sh plan                        # writes $SWEEP_DIR/cells.txt, prints the sbatch line
-#   mkdir -p logs && sbatch --array=1-N%16 scripts/sweep_job_array.sh
+#   mkdir -p logs && sbatch ...                          # the one or two sbatch lines `plan` prints (stage 2
+#                                                          # cells start from stage 1's dense runs)
 #   scripts/sweep_job_array.sh 7                           # cell 7 by hand (or under PBS/LSF: their index)
 #   smc-bench report $SWEEP_DIR/results                     # tables and figures once cells are done
 #
@@ -35,10 +36,20 @@ if [ "${1:-}" = "plan" ]; then
     if [ -n "${MODEL:-}" ]; then args+=(--model "$MODEL"); fi
     if [ -n "${ACCELERATE_ARGS:-}" ]; then args+=(--accelerate --accelerate-args "$ACCELERATE_ARGS"); fi
     # shellcheck disable=SC2086  # EXTRA is a list of arguments
-    (cd "$ROOT" && "$PYTHON" -m smc_hf.cli.bench "${args[@]}" -- --report_to none ${EXTRA:-}) > "$CELLS"
+    (cd "$ROOT" && "$PYTHON" -m smc_hf.cli.bench "${args[@]}" -- --report_to none ${EXTRA:-}) > "$CELLS.plan"
+    # Stage 2 runs start from stage 1's dense runs: the array is submitted in two parts, the second after the first.
+    grep -v '^#' "$CELLS.plan" | grep . > "$CELLS" || true
+    first=$(awk '/^# stage 2/ {exit} /^[^#]/ && NF {n++} END {print n+0}' "$CELLS.plan")
     count=$(grep -c . "$CELLS" || true)
-    echo "$count cells in $CELLS"
-    if [ "$count" -gt 0 ]; then echo "submit: sbatch --array=1-$count%16 $ROOT/scripts/sweep_job_array.sh"; fi
+    rm -f "$CELLS.plan"
+    echo "$count cells in $CELLS ($first in stage 1)"
+    if [ "$first" -gt 0 ]; then
+        echo "submit: JOB=\$(sbatch --parsable --array=1-$first%16 $ROOT/scripts/sweep_job_array.sh)"
+    fi
+    if [ "$count" -gt "$first" ]; then
+        dep=""; if [ "$first" -gt 0 ]; then dep="--dependency=afterok:\$JOB "; fi
+        echo "submit: sbatch $dep--array=$((first + 1))-$count%16 $ROOT/scripts/sweep_job_array.sh"
+    fi
     exit 0
 fi
 

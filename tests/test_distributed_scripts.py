@@ -99,8 +99,8 @@ def test_sweep_plans_one_line_per_cell_and_runs_the_one_it_is_given(tmp_path):
     assert plan.returncode == 0, plan.stderr
     with open(tmp_path / "cells.txt") as handle:
         cells = [line for line in handle.read().splitlines() if line]
-    assert len(cells) == 5  # dense + 2 methods x 2 sparsities
-    assert "--array=1-5%16" in plan.stdout
+    assert len(cells) == 5 and not any(line.startswith("#") for line in cells)  # dense + 2 methods x 2 sparsities
+    assert "--array=1-5%16" in plan.stdout and "dependency" not in plan.stdout  # before-training: one stage
     env["PYTHON"] = "echo"
     third = script("sweep_job_array.sh", "3", **env)
     assert third.returncode == 0, third.stderr
@@ -108,3 +108,14 @@ def test_sweep_plans_one_line_per_cell_and_runs_the_one_it_is_given(tmp_path):
     assert command.startswith("-m smc_hf.cli.bench run --tasks csqa --methods ") and command.endswith("--max_steps 5")
     assert script("sweep_job_array.sh", "6", **env).returncode == 2
     assert script("sweep_job_array.sh", SLURM_ARRAY_TASK_ID="2", **env).returncode == 0
+
+
+def test_sweep_plan_submits_after_training_cells_after_their_dense_run(tmp_path):
+    env = dict(SWEEP_DIR=str(tmp_path), TASKS="csqa", METHODS="omp_after", SPARSITIES="0.5,0.7", SEEDS="1",
+               PYTHON=sys.executable, EXTRA="--max_steps 5")
+    plan = script("sweep_job_array.sh", "plan", **env)
+    assert plan.returncode == 0, plan.stderr
+    with open(tmp_path / "cells.txt") as handle:
+        cells = [line for line in handle.read().splitlines() if line]
+    assert len(cells) == 3 and "--methods dense" in cells[0]  # the shared dense run, then 2 cells that start from it
+    assert "--array=1-1%16" in plan.stdout and "--dependency=afterok:$JOB --array=2-3%16" in plan.stdout

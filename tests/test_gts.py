@@ -87,7 +87,7 @@ def test_overfits_six_problems_and_beam_search_solves_them(mawps_batch):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     losses = []
-    for _ in range(80):
+    for _ in range(160):
         loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
