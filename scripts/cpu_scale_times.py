@@ -1,0 +1,53 @@
+"""Wall times, commands and versions of a finished smc-bench results folder, for results/cpu-scale/.
+
+    python scripts/cpu_scale_times.py RUNS_DIR OUT.csv   # also writes commands.txt and versions.json beside OUT.csv
+
+Reads each cell's `result.json` (through `smc_hf.bench.scan_results`, so partial files are skipped and named).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import sys
+
+from smc_hf.bench import scan_results
+
+
+def main(runs_dir: str, out_csv: str) -> int:
+    results, problems = scan_results(runs_dir)
+    for problem in problems:
+        print(f"not counted: {problem}", file=sys.stderr)
+    rows, commands, versions = [], [], {}
+    for result in sorted(results, key=lambda r: (r.task, r.method, r.sparsity)):
+        with open(result.path, encoding="utf-8") as f:
+            data = json.load(f)
+        cell = data["cell"]
+        rows.append({"task": cell["task"], "method": cell["method"], "sparsity": cell["sparsity"],
+                     "seed": cell["seed"], "fold": cell.get("fold", ""), "metric": round(data["metric"], 2),
+                     "wall_time_s": round(data.get("wall_time_s") or 0.0, 1),
+                     "train_runtime_s": round(data.get("train_runtime") or 0.0, 1),
+                     "attempts": data.get("attempts", 1), "shared_run": json.dumps(data.get("shared_run", ""))})
+        commands.append(shlex.join(data["command"]))
+        versions = data.get("versions", versions)
+    os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
+    with open(out_csv, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["task"])
+        writer.writeheader()
+        writer.writerows(rows)
+    folder = os.path.dirname(os.path.abspath(out_csv))
+    with open(os.path.join(folder, "commands.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(c.replace(os.path.abspath(runs_dir), "$RUNS") + "\n" for c in dict.fromkeys(commands)))
+    with open(os.path.join(folder, "versions.json"), "w", encoding="utf-8") as f:
+        json.dump(versions, f, indent=1, sort_keys=True)
+    total = sum(r["wall_time_s"] for r in rows)
+    print(f"{len(rows)} cells, {total / 3600:.2f} h of recorded wall time -> {out_csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    sys.exit(main(sys.argv[1], sys.argv[2]))
