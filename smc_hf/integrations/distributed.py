@@ -31,7 +31,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from .masks import MaskSet, _mul_, unwrap_optimizer
+from ..core.masks import MaskSet, _mul_, unwrap_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -484,7 +484,7 @@ def agree_masks(masks: MaskSet) -> None:
         return
     logger.warning(
         "sparsity masks differ between ranks (ranks %s disagree with rank 0): taking rank 0's; a criterion used "
-        "rank-local data without reducing it (see smc_hf.distributed.reduce_scores)", differ,
+        "rank-local data without reducing it (see smc_hf.integrations.distributed.reduce_scores)", differ,
     )
     broadcast_masks(masks, from_process=0)
     if masks.placement is None:
