@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..core.masks import MaskSet, _mul_, unwrap_optimizer
+from ..core.zeros import count_pruned
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class Placement:
         bad = [n for n, (weight, keep) in self.local_weight_pairs(masks) if bool(weight[~keep].any())]
         if bad:
             raise RuntimeError(f"pruned weights are not zero in this rank's shard of {bad[:5]}")
-        return {n: int((~m).sum()) if (m := masks.masks.get(n)) is not None else 0 for n in masks.names}
+        return {n: count_pruned(m) if (m := masks.masks.get(n)) is not None else 0 for n in masks.names}
 
     def local_weight_pairs(self, masks: MaskSet) -> list[tuple[str, tuple[torch.Tensor, torch.Tensor]]]:
         """(name, (the weight tensor this rank holds, its local keep-mask)) for every masked weight."""

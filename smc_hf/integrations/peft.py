@@ -27,6 +27,7 @@ from torch import nn
 
 from ..core.masks import MaskSet
 from ..core.selection import plain_name
+from ..core.zeros import count_zeros
 from ..io.mask_file import MASKS_FILE
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class MergeReport:
 
 
 def _zero_fraction(weights: list[torch.Tensor]) -> float:
-    return sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights))
+    return sum(count_zeros(w) for w in weights) / max(1, sum(w.numel() for w in weights))
 
 
 @torch.no_grad()

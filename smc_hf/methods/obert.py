@@ -19,6 +19,7 @@ from ..core.calibration import calibration_gradients, calibration_seed, show_pro
 from ..core.context import PruneContext
 from ..core.criteria import exclude_pruned
 from ..core.fisher import BlockFisher
+from ..core.zeros import total_pruned
 from .base import Legend
 from .gradual import GMP
 from .one_shot import _OneShotAfter
@@ -62,7 +63,7 @@ class _OBSPruning:
 
     def prune_to(self, ctx: PruneContext, sparsity: float, criterion=None, scores=None) -> None:
         masks = ctx.masks
-        already = sum(int((~m).sum()) for m in masks.masks.values())
+        already = total_pruned(masks.masks.values())
         if round(sparsity * masks.numel()) <= already:
             self.current_sparsity = max(self.current_sparsity, sparsity)
             return

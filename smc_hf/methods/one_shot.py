@@ -7,6 +7,7 @@ import os
 
 
 from ..core.context import PruneContext
+from ..core.zeros import total_pruned
 from ..io.mask_file import MASKS_FILE
 from .base import Legend, SparsityMethod
 from .registry import METHODS
@@ -62,7 +63,7 @@ class Fixed(SparsityMethod):
                     "exactly zero", MASKS_FILE, source,
                 )
                 ctx.masks.update({n: p.detach() != 0 for n, p in ctx.masks.params.items()})
-        zeros = sum(int((~m).sum()) for m in ctx.masks.masks.values())
+        zeros = total_pruned(ctx.masks.masks.values())
         self.current_sparsity = zeros / ctx.masks.numel()
 
     one_shot = on_round_begin
