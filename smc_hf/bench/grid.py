@@ -41,7 +41,8 @@ class MethodSpec:
         if choices:
             init = init or SparsityConfig.rigl_init
             if init not in choices:
-                raise ValueError(f"{text!r}: {method} starts from one of the masks {', '.join(choices)}, not {init!r}")
+                listed = f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else choices[0]
+                raise ValueError(f"{text!r}: {method} starts from an {listed} mask, not {init!r}")
             return cls(method, init)
         if init:
             takers = [n for n in METHODS.names() if METHODS.get(n).initial_masks]
