@@ -29,6 +29,7 @@ from typing import Any, Collection, Optional
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainerCallback, set_seed
 
 from smc_hf import SparseSeq2SeqTrainer, SparseTrainer, SparsityConfig
+from smc_hf.io.atomic import write_json
 from tasks import DataArguments, ModelArguments, get_task
 from tasks.model_aliases import resolve_model_alias
 from tasks.reporting import summarise
@@ -107,12 +108,6 @@ def collect_results(trainer, task, eval_sets, model_args, train_runtime: float) 
     }
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(f"{path}.tmp", path)
-
-
 class RoundResults(TrainerCallback):
     """Multi-round methods: each round but the last is evaluated when it ends and recorded in its own folder
     (`round-K/all_results.json`, with `round`), so `smc-bench` reads every LTH ticket from one run."""
@@ -129,7 +124,7 @@ class RoundResults(TrainerCallback):
                    "round": callback.round}
         if self.trainer.is_world_process_zero():
             os.makedirs(args.output_dir, exist_ok=True)
-            write_json_atomic(os.path.join(args.output_dir, "all_results.json"), results)
+            write_json(os.path.join(args.output_dir, "all_results.json"), results, indent=2)
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
@@ -179,7 +174,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     results = collect_results(trainer, task, eval_sets, model_args, float(train_output.metrics.get("train_runtime", 0.0)))
     if trainer.is_world_process_zero():
         os.makedirs(training_args.output_dir, exist_ok=True)
-        write_json_atomic(os.path.join(training_args.output_dir, "all_results.json"), results)
+        write_json(os.path.join(training_args.output_dir, "all_results.json"), results, indent=2)
         record = task.data_record()
         if record is not None:
             with open(os.path.join(training_args.output_dir, "data_splits.json"), "w", encoding="utf-8") as handle:

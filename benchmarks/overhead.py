@@ -28,7 +28,7 @@ from torch.utils.data import Dataset  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from smc_hf import SparseTrainer, SparsityCallback, SparsityConfig  # noqa: E402
-from smc_hf.selection import select_parameters  # noqa: E402
+from smc_hf.core.selection import select_parameters  # noqa: E402
 
 
 class RandomTokens(Dataset):

@@ -36,7 +36,7 @@ def generate(folder: str, quick: bool) -> dict:
     from accelerate import init_empty_weights
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from smc_hf.safetensors_io import DTYPE_NAMES, INDEX_FILE, SafetensorsWriter, TensorInfo
+    from smc_hf.io.safetensors_io import DTYPE_NAMES, INDEX_FILE, SafetensorsWriter, TensorInfo
 
     if quick:
         config = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
@@ -88,8 +88,8 @@ def child(mode: str, source: str, target: str, threads: int) -> None:
     torch.set_num_threads(threads)
 
     from smc_hf import SparsityConfig
-    from smc_hf.safetensors_io import checkpoint_files, open_safetensors
-    from smc_hf.streaming import prune_checkpoint_streaming
+    from smc_hf.io.safetensors_io import checkpoint_files, open_safetensors
+    from smc_hf.pruning.streaming import prune_checkpoint_streaming
 
     import gc
 

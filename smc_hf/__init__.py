@@ -1,15 +1,15 @@
 """smc_hf: sparse training and pruning for Hugging Face Transformers (SMC-Bench's algorithms)."""
 
 from .config import SparsityConfig
-from .masks import MASKS_FILE, MaskSet
+from .core.masks import MaskSet
+from .core.report import SparsityReport, sparsity_report
+from .io.mask_file import MASKS_FILE
 from .methods import METHODS, SparsityMethod, available_methods
-from .prune import prune_model
-from .report import SparsityReport, sparsity_report
+from .pruning.checkpoint_pruning import prune_checkpoint
+from .pruning.prune import prune_model
+from .training.callbacks import SparsityCallback
+from .training.trainer import SparseSeq2SeqTrainer, SparseTrainer
 from .version import __version__
-
-from .callbacks import SparsityCallback  # noqa: E402  (imports transformers)
-from .trainer import SparseSeq2SeqTrainer, SparseTrainer  # noqa: E402
-from .checkpoint_pruning import prune_checkpoint  # noqa: E402
 
 __all__ = [
     "MASKS_FILE",

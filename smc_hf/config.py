@@ -10,6 +10,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .core.allocation import DISTRIBUTIONS
+from .core.selection import SELECTIONS
+from .methods import DENSE_METHOD, METHODS
+from .methods.rigl import RigL
+
 
 #: Largest int any field takes (int64), and the seed range that torch, numpy and `transformers.set_seed` all accept.
 INT64_MAX = 2**63 - 1
@@ -94,7 +99,7 @@ class SparsityConfig:
     *selected* weights that are zero; biases, norms, embeddings and task heads are not selected by default.
     """
 
-    method: str = _arg("dense", "Sparse algorithm (see smc_hf.available_methods()).", "--sparsity_method")
+    method: str = _arg(DENSE_METHOD, "Sparse algorithm (see smc_hf.available_methods()).", "--sparsity_method")
     sparsity: float = _arg(0.0, "Target fraction of selected weights set to zero, in [0, 1).")
     distribution: Optional[str] = _arg(
         None, "How sparsity is spread over layers: uniform, global or erk (default: the method's).",
@@ -135,7 +140,7 @@ class SparsityConfig:
         False, "SNIP (and rigl_init snip): score with dropout on, as the release's train-mode pass (default off: "
         "the score depends on the weights and the batch alone).",
     )
-    rigl_init: str = _arg("omp", "RigL: initial mask from omp, snip or random.")
+    rigl_init: str = _arg(RigL.initial_masks[0], f"RigL: initial mask from {', '.join(RigL.initial_masks)}.")
     drop_fraction: float = _arg(0.5, "RigL: initial fraction of active weights dropped per update (cosine-decayed).")
     rigl_release_growth: bool = _arg(
         False, "RigL: the release's growth: just-dropped weights may be regrown in the same update and keep their "
@@ -165,10 +170,12 @@ class SparsityConfig:
         "obert_gradual yes, as the oBERT paper).",
     )
 
-    def __post_init__(self):
-        from .allocation import DISTRIBUTIONS
-        from .methods import METHODS
+    @property
+    def method_class(self):
+        """The registered class of `method`, whose attributes state the method's facts."""
+        return METHODS.get(self.method)
 
+    def __post_init__(self):
         self._check_types()
         self.method = METHODS.canonical(self.method)
         self.sparsity = float(self.sparsity)
@@ -212,8 +219,6 @@ class SparsityConfig:
         METHODS.get(self.method).validate(self)
 
     def _check_selection(self) -> None:
-        from .selection import SELECTIONS
-
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.targets and self.selection != "default":

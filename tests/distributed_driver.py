@@ -19,9 +19,9 @@ import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 
 import run_glue_like  # noqa: E402
-import smc_hf.trainer  # noqa: E402
+import smc_hf.training.trainer  # noqa: E402
 from smc_hf import SparsityCallback  # noqa: E402
-from smc_hf.masks import unwrap_optimizer  # noqa: E402
+from smc_hf.core.masks import unwrap_optimizer  # noqa: E402
 
 
 def _local(tensor):
@@ -70,5 +70,5 @@ class RecordingCallback(SparsityCallback):
 
 
 if __name__ == "__main__":
-    with mock.patch.object(smc_hf.trainer, "SparsityCallback", RecordingCallback):
+    with mock.patch.object(smc_hf.training.trainer, "SparsityCallback", RecordingCallback):
         run_glue_like.main()

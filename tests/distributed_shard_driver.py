@@ -24,7 +24,7 @@ from accelerate import PartialState  # noqa: E402
 from transformers import TrainerControl, TrainerState, TrainingArguments  # noqa: E402
 
 from smc_hf import MaskSet, SparsityCallback, SparsityConfig  # noqa: E402
-from smc_hf import distributed  # noqa: E402
+from smc_hf.integrations import distributed  # noqa: E402
 from tests.helpers import ToyClassification, tiny_roberta  # noqa: E402
 
 STEPS = 6

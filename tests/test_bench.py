@@ -30,7 +30,8 @@ from smc_hf.bench import (
     within_dense,
     write_report,
 )
-from smc_hf.bench.results import CellResult, read_run_results, write_json_atomic
+from smc_hf.bench.results import CellResult, read_run_results
+from smc_hf.io.atomic import write_json
 from smc_hf.bench.sweep import cell_statuses, pending_cells
 from smc_hf.cli import bench as cli
 
@@ -344,10 +345,10 @@ def test_result_files_are_checked_field_by_field(tmp_path):
                             ({"sparsity_config": {"method": "gmp", "sparsity": 0.5}}, "ran method 'gmp'"),
                             ({"sparsity_config": {"method": "omp_before", "sparsity": 0.4}}, "ran at sparsity 0.4"),
                             ({"metric": "50"}, "wrong type")]:
-        write_json_atomic(path, {**run, **change})
+        write_json(path, {**run, **change}, indent=2)
         with pytest.raises(ResultError, match=message):
             read_run_results(path, cell)
-    write_json_atomic(path, run)
+    write_json(path, run, indent=2)
     assert read_run_results(path, cell)["metric"] == 50.0
     with open(path, "w") as handle:
         handle.write("[1, 2]")
@@ -358,7 +359,7 @@ def test_result_files_are_checked_field_by_field(tmp_path):
 
     misplaced = tmp_path / "results" / "toy" / "gmp" / "sparsity-0.5" / "seed-1"
     misplaced.mkdir(parents=True)
-    write_json_atomic(str(misplaced / "result.json"), build_result(cell, "m", run, ["cmd"], 1.0))
+    write_json(str(misplaced / "result.json"), build_result(cell, "m", run, ["cmd"], 1.0), indent=2)
     with pytest.raises(ResultError, match="whose folder is toy/omp_before/sparsity-0.5/seed-1"):
         read_result(str(misplaced / "result.json"), str(tmp_path / "results"))
     assert read_result(str(misplaced / "result.json")).metric == 50.0

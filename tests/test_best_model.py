@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from transformers import TrainerState
 
-from smc_hf.best_model import BestAtSparsityCallback
+from smc_hf.training.best_model import BestAtSparsityCallback
 
 
 class _Sparsity:

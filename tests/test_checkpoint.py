@@ -9,14 +9,13 @@ from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification
 
 from smc_hf import MASKS_FILE, MaskSet, SparseTrainer, SparsityConfig, prune_model
-from smc_hf.checkpoint import (
-    load_weights, read_sparsity_block, save_sparse_pretrained, staged_folder, write_config_block,
-)
-from smc_hf.compressed import (
-    COMPRESSED_INDEX, decompress_folder, from_compressed, load_compressed_state_dict, pack_bits, read_masks,
-    save_masks, unpack_bits,
-)
-from smc_hf.safetensors_io import checkpoint_files, read_header
+from smc_hf.io.folders import load_weights, staged_folder
+from smc_hf.io.sparsity_block import read_sparsity_block, write_config_block
+from smc_hf.pruning.sparse_folder import save_sparse_pretrained
+from smc_hf.io.compressed import COMPRESSED_INDEX, decompress_folder, load_compressed_state_dict
+from smc_hf.pruning.loading import from_compressed
+from smc_hf.io.mask_file import pack_bits, read_masks, save_masks, unpack_bits
+from smc_hf.io.safetensors_io import checkpoint_files, read_header
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 CFG = SparsityConfig(method="omp", sparsity=0.5)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from smc_hf.allocation import allocate, erk_keep_counts, ordered_keys, prune_lowest
+from smc_hf.core.allocation import allocate, erk_keep_counts, ordered_keys, prune_lowest
 
 
 def _scores(seed=0):

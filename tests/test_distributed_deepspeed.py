@@ -19,7 +19,7 @@ import torch
 from transformers import TrainerControl, TrainerState
 
 from smc_hf import MaskSet, SparsityCallback, SparsityConfig
-from smc_hf.distributed import DeepSpeedPlacement, placement_for
+from smc_hf.integrations.distributed import DeepSpeedPlacement, placement_for
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 WORLD = 2

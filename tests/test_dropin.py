@@ -17,7 +17,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from smc_hf import SparseTrainer, SparsityCallback, SparsityConfig
-from smc_hf.masks import MASKS_FILE
+from smc_hf.io.mask_file import MASKS_FILE
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 OMP = SparsityConfig(method="omp", sparsity=0.5)

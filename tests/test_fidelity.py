@@ -17,9 +17,9 @@ from transformers import Seq2SeqTrainingArguments, TrainerControl, TrainerState
 
 import run_glue_like
 from smc_hf import SparseTrainer, SparsityConfig, prune_model
-from smc_hf.bench.names import LEGEND
-from smc_hf.context import PruneContext
-from smc_hf.masks import MaskSet
+from smc_hf.bench.names import legend_names
+from smc_hf.core.context import PruneContext
+from smc_hf.core.masks import MaskSet
 from smc_hf.methods import METHODS, build_method
 from smc_hf.methods.rigl import drop_fraction_at
 from tasks import TASKS, DataArguments, ModelArguments, get_task
@@ -132,7 +132,7 @@ def test_code_spans_state_the_code(row_id):
 
 def test_legends_name_the_registered_timing():
     """`obert` was plotted as "oBERT (After)" while it pruned during fine-tuning (issue 11, bug 2)."""
-    for spec, legend in LEGEND.items():
+    for spec, legend in legend_names().items():
         timing = METHODS.get(spec.partition(":")[0]).timing
         suffix = re.search(r"\((\w+)\)$", legend)
         assert (suffix.group(1).lower() if suffix else "none") == timing, f"{spec}: {legend!r} vs timing {timing!r}"

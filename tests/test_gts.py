@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, RobertaConfig
 
-from smc_hf.selection import select_parameters
+from smc_hf.core.selection import select_parameters
 from tasks import DataArguments, ModelArguments, get_task
 from tasks.arithmetic import ArithmeticCollator, gold_value
 from tasks.arithmetic_model import ArithmeticSolver

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from smc_hf import SparseTrainer, SparsityCallback, SparsityConfig, available_methods
 from smc_hf.methods.gradual import GMP
-from smc_hf.schedules import cubic_sparsity
+from smc_hf.core.schedules import cubic_sparsity
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 INIT_SCALE = 2.0**10

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from smc_hf import SparseTrainer, SparsityConfig, prune_model
-from smc_hf.masks import unwrap_optimizer
+from smc_hf.core.masks import unwrap_optimizer
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 DAMP = 1e-7
@@ -131,7 +131,7 @@ def test_one_shot_needs_calibration_batches():
 
 
 def test_chunked_factorisation_and_update_agree_with_one_chunk():
-    from smc_hf.fisher import BlockFisher
+    from smc_hf.core.fisher import BlockFisher
 
     gen = torch.Generator().manual_seed(2)
     weight, grads = torch.randn(6, 7, generator=gen), torch.randn(5, 6, 7, generator=gen)

@@ -7,9 +7,10 @@ import os
 import pytest
 
 from smc_hf import SparsityConfig, prune_model
-from smc_hf.checkpoint import load_weights, save_sparse_pretrained
-from smc_hf.compressed import COMPRESSED_INDEX, decompress_folder, load_compressed_state_dict
-from smc_hf.safetensors_io import INDEX_FILE, checkpoint_files, member_path
+from smc_hf.io.folders import load_weights
+from smc_hf.pruning.sparse_folder import save_sparse_pretrained
+from smc_hf.io.compressed import COMPRESSED_INDEX, decompress_folder, load_compressed_state_dict
+from smc_hf.io.safetensors_io import INDEX_FILE, checkpoint_files, member_path
 from tests.helpers import tiny_roberta
 
 HOSTILE = ["../escaped.safetensors", "/tmp/escaped.safetensors", "sub/../../x.safetensors", "..", ".",

@@ -6,9 +6,9 @@ from peft import LoHaConfig, LoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
 from smc_hf import SparseTrainer, SparsityConfig, prune_model
-from smc_hf.checkpoint import save_sparse_pretrained
-from smc_hf.peft import mask_lora, merge_sparse
-from smc_hf.selection import select_parameters
+from smc_hf.pruning.sparse_folder import save_sparse_pretrained
+from smc_hf.integrations.peft import mask_lora, merge_sparse
+from smc_hf.core.selection import select_parameters
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 TARGETS = ["query", "value", "dense"]

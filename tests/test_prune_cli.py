@@ -8,9 +8,10 @@ import torch
 from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification
 
 from smc_hf import MASKS_FILE, SparsityConfig, prune_checkpoint, prune_model
-from smc_hf.checkpoint import read_sparsity_block
+from smc_hf.io.sparsity_block import read_sparsity_block
 from smc_hf.cli.prune import main
-from smc_hf.compressed import from_compressed, read_masks
+from smc_hf.pruning.loading import from_compressed
+from smc_hf.io.mask_file import read_masks
 from smc_hf.methods import METHODS
 from tests.helpers import tiny_roberta
 from tests.task_fixtures import csqa_rows, tiny_esm_dir, tiny_roberta_dir, write_jsonl

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from smc_hf.checkpoint import staged_folder
+from smc_hf.io.folders import staged_folder
 from smc_hf.cli.prune import main
 from tests.helpers import tiny_roberta
 

@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from smc_hf import SparseTrainer, SparsityConfig, prune_model
-from smc_hf.checkpoint import save_sparse_pretrained
-from smc_hf.masks import MASKS_FILE
+from smc_hf.pruning.sparse_folder import save_sparse_pretrained
+from smc_hf.io.mask_file import MASKS_FILE
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from smc_hf import SparseTrainer, SparsityConfig
-from smc_hf.context import PruneContext
+from smc_hf.core.context import PruneContext
 from smc_hf.methods.rigl import RigL, drop_fraction_at
-from smc_hf.masks import unwrap_optimizer
+from smc_hf.core.masks import unwrap_optimizer
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 

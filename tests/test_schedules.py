@@ -4,9 +4,9 @@ plus (by default) a last update exactly at 80% that reaches the target."""
 import pytest
 
 from smc_hf import SparsityConfig
-from smc_hf.context import PruneContext
+from smc_hf.core.context import PruneContext
 from smc_hf.methods.gradual import GMP
-from smc_hf.schedules import GradualSchedule, cubic_sparsity
+from smc_hf.core.schedules import GradualSchedule, cubic_sparsity
 
 
 def _gmp(max_steps, **kwargs):

@@ -5,9 +5,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from smc_hf import SparseTrainer, SparsityConfig, prune_model
-from smc_hf.context import PruneContext
-from smc_hf.criteria import CRITERIA
-from smc_hf.masks import MaskSet
+from smc_hf.core.context import PruneContext
+from smc_hf.core.criteria import CRITERIA
+from smc_hf.core.masks import MaskSet
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 

@@ -7,13 +7,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-import smc_hf.streaming as streaming
+import smc_hf.pruning.streaming as streaming
 from smc_hf import MASKS_FILE, SparsityConfig, prune_model
-from smc_hf.allocation import ordered_keys, prune_lowest
-from smc_hf.checkpoint import read_sparsity_block
-from smc_hf.compressed import read_masks
-from smc_hf.safetensors_io import SafetensorsWriter, TensorInfo
-from smc_hf.streaming import ExactThreshold, prune_checkpoint_streaming
+from smc_hf.core.allocation import ordered_keys, prune_lowest
+from smc_hf.io.sparsity_block import read_sparsity_block
+from smc_hf.io.mask_file import read_masks
+from smc_hf.io.safetensors_io import SafetensorsWriter, TensorInfo
+from smc_hf.pruning.streaming import ExactThreshold, prune_checkpoint_streaming
 from tests.helpers import tiny_roberta
 
 

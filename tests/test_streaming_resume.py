@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-import smc_hf.streaming as streaming
+import smc_hf.pruning.streaming as streaming
 from smc_hf import SparsityConfig
-from smc_hf.streaming import PIECES_DIR, STATE_FILE, prune_checkpoint_streaming
+from smc_hf.pruning.streaming import PIECES_DIR, STATE_FILE, prune_checkpoint_streaming
 from tests.helpers import tiny_roberta
 
 CFG = SparsityConfig(method="omp", sparsity=0.5)

@@ -123,7 +123,7 @@ def test_paper_dropout_and_gts_selection(tmp_path):
     model_dir = tiny_roberta_dir(str(tmp_path / "enc"), ["number0 plus number1"], head="encoder")
     model = task.load_model(ModelArguments(model_name_or_path=model_dir, decoder="seq"), None, raw)
     assert model.config.decoder_dropout == 0.5 and model.decoder.layers[0].dropout.p == 0.5
-    from smc_hf.selection import select_parameters
+    from smc_hf.core.selection import select_parameters
 
     targets, ignore = task.sparsity_selection(ModelArguments())
     names = set(select_parameters(model, targets=targets, ignore=ignore))

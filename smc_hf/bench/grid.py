@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from ..config import SparsityConfig
-from ..methods import METHODS, build_method
+from ..methods import DENSE_METHOD, METHODS, build_method
 from .names import legend_name
 
 #: The paper's grid: 1 - 0.8^k for k = 1..10, the sparsities of successive 20% LTH rounds.
 PAPER_SPARSITIES: tuple[float, ...] = (0.2, 0.36, 0.488, 0.59, 0.672, 0.738, 0.791, 0.8325, 0.866, 0.893)
 
-DENSE = "dense"
+DENSE = DENSE_METHOD
 
 #: Tasks scored by 5-fold cross-validation (the paper's MAWPS and ASDiv-A): their default folds.
 CV_FOLDS: dict[str, tuple[int, ...]] = {"mawps": (0, 1, 2, 3, 4), "asdiv-a": (0, 1, 2, 3, 4)}
@@ -37,13 +37,17 @@ class MethodSpec:
         if not name:
             raise ValueError(f"empty method in {text!r}")
         method = METHODS.canonical(name)
-        if method == "rigl":
+        choices = METHODS.get(method).initial_masks
+        if choices:
             init = init or SparsityConfig.rigl_init
-            if init not in ("omp", "snip", "random"):
-                raise ValueError(f"{text!r}: RigL starts from an omp, snip or random mask, not {init!r}")
+            if init not in choices:
+                listed = f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else choices[0]
+                raise ValueError(f"{text!r}: {method} starts from an {listed} mask, not {init!r}")
             return cls(method, init)
         if init:
-            raise ValueError(f"{text!r}: only rigl takes an initial mask (rigl:omp, rigl:snip, rigl:random)")
+            takers = [n for n in METHODS.names() if METHODS.get(n).initial_masks]
+            specs = [f"{n}:{i}" for n in takers for i in METHODS.get(n).initial_masks]
+            raise ValueError(f"{text!r}: only {' and '.join(takers)} takes an initial mask ({', '.join(specs)})")
         return cls(method)
 
     @property

@@ -1,43 +1,31 @@
 """The paper's display vocabulary: legend names and order, colours, dataset titles and metric labels.
 
-Tables and plots use these so a reader can lay our curves beside the paper's figures.
+Tables and plots use these so a reader can lay our curves beside the paper's figures. Each method declares
+its own legend (`SparsityMethod.legend`); this module only collects them.
 """
 
 from __future__ import annotations
 
-#: Legend name of each method spec, in the order of the paper's legend (Dense first).
-LEGEND: dict[str, str] = {
-    "dense": "Dense",
-    "lth": "LTH (After)",
-    "omp_after": "OMP (After)",
-    "random_after": "Random (After)",
-    "gmp": "GMP (During)",
-    "snip": "SNIP (Before)",
-    "rigl:snip": "SNIP+RIGL (Before)",
-    "random_before": "Random (Before)",
-    "rigl:random": "Random+RIGL (Before)",
-    "omp_before": "OMP (Before)",
-    "rigl:omp": "OMP+RIGL (Before)",
-    "obert": "oBERT (After)",
-    "obert_gradual": "oBERT gradual (During)",
-}
+from ..methods import METHODS
+from ..methods.base import Legend
 
-# Fixed per method, so a method keeps its colour and marker in every figure.
-_STYLE = {
-    "lth": ("#d62728", "o"),
-    "omp_after": ("#1f77b4", "s"),
-    "random_after": ("#9467bd", "v"),
-    "gmp": ("#2ca02c", "D"),
-    "snip": ("#ff7f0e", "^"),
-    "rigl:snip": ("#8c564b", "<"),
-    "random_before": ("#e377c2", ">"),
-    "rigl:random": ("#7f7f7f", "p"),
-    "omp_before": ("#bcbd22", "h"),
-    "rigl:omp": ("#17becf", "X"),
-    "obert": ("#393b79", "*"),
-    "obert_gradual": ("#6b6ecf", "P"),
-}
 _FALLBACK_COLOURS = ["#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
+
+
+def _legends() -> dict[str, Legend]:
+    """Each spec's legend as its method declares it (`name` or `name:initial_mask`), in the paper's order."""
+    found = {}
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        if cls.legend is not None:
+            found[name] = cls.legend
+        found.update({f"{name}:{init}": legend for init, legend in cls.initial_mask_legends.items()})
+    return dict(sorted(found.items(), key=lambda item: item[1].rank))
+
+
+def legend_names() -> dict[str, str]:
+    """Legend name of each method spec, in the order of the paper's legend (Dense first)."""
+    return {spec: legend.name for spec, legend in _legends().items()}
 
 DATASETS: dict[str, str] = {
     "csqa": "CommonsenseQA",
@@ -59,8 +47,9 @@ DATASETS: dict[str, str] = {
 
 def legend_name(spec: str, timing: str | None = None) -> str:
     """The paper's name for a method spec; unknown methods get `name (Timing)` from their registered timing."""
-    if spec in LEGEND:
-        return LEGEND[spec]
+    legend = _legends().get(spec)
+    if legend is not None:
+        return legend.name
     if timing and timing != "none":
         return f"{spec} ({timing.capitalize()})"
     return spec
@@ -68,13 +57,16 @@ def legend_name(spec: str, timing: str | None = None) -> str:
 
 def legend_rank(spec: str) -> tuple[int, str]:
     """Sort key putting methods in the paper's legend order, unknown ones after, alphabetically."""
-    order = list(LEGEND)
+    order = list(_legends())
     return (order.index(spec), "") if spec in order else (len(order), spec)
 
 
 def method_style(spec: str, fallback_index: int = 0) -> tuple[str, str]:
     """(colour, marker) of a method's curve."""
-    return _STYLE.get(spec, (_FALLBACK_COLOURS[fallback_index % len(_FALLBACK_COLOURS)], "o"))
+    legend = _legends().get(spec)
+    if legend is None:
+        return _FALLBACK_COLOURS[fallback_index % len(_FALLBACK_COLOURS)], "o"
+    return legend.colour, legend.marker
 
 
 def dataset_title(task: str) -> str:

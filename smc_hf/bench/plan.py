@@ -22,7 +22,7 @@ from ..methods import build_method
 from .grid import DENSE, Cell, MethodSpec, format_sparsity
 
 RUN_DIR = "run"
-#: Written by SparseTrainer as the last file of a finished round (`smc_hf.trainer.ROUND_FILE`).
+#: Written by SparseTrainer as the last file of a finished round (`smc_hf.training.trainer.ROUND_FILE`).
 ROUND_DONE_FILE = "sparsity_round.json"
 RUN_RESULTS_FILE = "all_results.json"
 
@@ -35,7 +35,7 @@ class Unit:
     final result). `source` is the unit whose dense fine-tuning this one starts from.
     """
 
-    kind: str  # "dense", "chain" or "cell"
+    kind: str  # DENSE (the dense fine-tuning), "chain" or "cell"
     cell: Cell  # the cell whose method, sparsity and folder the run uses
     fine_tunings: int
     records: list[tuple[Cell, Optional[int]]] = field(default_factory=list)
@@ -72,7 +72,7 @@ class Unit:
         c = self.cell
         where = f"{c.task} seed={c.seed}" + (f" fold={c.fold}" if c.fold is not None else "")
         n = f"{self.fine_tunings} fine-tuning{'s' if self.fine_tunings != 1 else ''}"
-        if self.kind == "dense":
+        if self.kind == DENSE:
             return f"shared dense  {where}: {n}"
         if self.kind == "chain":
             tickets = ", ".join(f"round {r}: {format_sparsity(cell.sparsity)}" for cell, r in self.records
@@ -122,7 +122,7 @@ def build_plan(cells: Iterable[Cell]) -> list[Unit]:
                 chain.source = None
         elif dense_cell is not None or needs_dense:
             anchor = dense_cell or Cell(task, MethodSpec(DENSE), 0.0, seed, 1, fold)
-            source = Unit("dense", anchor, 1, [(dense_cell, None)] if dense_cell else [])
+            source = Unit(DENSE, anchor, 1, [(dense_cell, None)] if dense_cell else [])
         group_units = ([source] if source is not None else []) + [u for u in chains if u is not source]
         for cell in members:
             if cell is dense_cell or _method(cell.method).rounds_are_tickets:

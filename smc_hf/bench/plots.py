@@ -9,14 +9,11 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .grid import DENSE, format_sparsity  # noqa: E402
-from .names import dataset_title, method_style, metric_label  # noqa: E402
-from .tables import GroupStats, dense_baseline, tasks_of  # noqa: E402
+from .grid import DENSE, format_sparsity
+from .names import dataset_title, legend_name, method_style, metric_label
+from .tables import GroupStats, dense_baseline, tasks_of
 
 
 def plot_task(groups: Iterable[GroupStats], task: str, path: str) -> str:
@@ -26,10 +23,12 @@ def plot_task(groups: Iterable[GroupStats], task: str, path: str) -> str:
         raise ValueError(f"no results for task {task!r}")
     sparsities = sorted({g.sparsity for g in rows if g.method != DENSE})
     position = {s: i for i, s in enumerate(sparsities)}
-    fig, ax = plt.subplots(figsize=(8.0, 4.8), dpi=120)
+    # A bare Figure draws on the Agg canvas when saved as PNG: no pyplot, no global backend switch, no GUI.
+    fig = Figure(figsize=(8.0, 4.8), dpi=120)
+    ax = fig.subplots()
     dense = dense_baseline(rows, task)
     if dense is not None:
-        ax.axhline(dense.mean, color="black", linestyle="--", linewidth=1.6, label="Dense", zorder=1)
+        ax.axhline(dense.mean, color="black", linestyle="--", linewidth=1.6, label=legend_name(DENSE), zorder=1)
         if dense.std:
             ax.axhspan(dense.mean - dense.std, dense.mean + dense.std, color="black", alpha=0.08, zorder=0)
     methods = list(dict.fromkeys(g.method for g in rows if g.method != DENSE))
@@ -60,7 +59,6 @@ def plot_task(groups: Iterable[GroupStats], task: str, path: str) -> str:
     ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9, frameon=False)
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

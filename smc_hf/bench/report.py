@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..io.atomic import write_json
 from .plots import plot_all
-from .results import CellResult, ResultError, scan_results, write_json_atomic
+from .results import CellResult, ResultError, scan_results
 from .tables import aggregate, markdown, pool_folds, within_dense, write_csv
 
 REPORT_DIR = "report"
@@ -48,7 +49,7 @@ def write_report(results_dir: str, out_dir: Optional[str] = None, tolerance: flo
     with open(report.markdown, "w", encoding="utf-8") as handle:
         handle.write(heading + markdown(groups, tolerance, problems))
     within = report.within_dense = within_dense(groups, tolerance)
-    write_json_atomic(report.json, {
+    write_json(report.json, {
         "results_dir": results_dir,
         "tolerance": tolerance,
         "groups": [{"task": g.task, "method": g.method, "legend": g.legend, "sparsity": g.sparsity,
@@ -57,7 +58,7 @@ def write_report(results_dir: str, out_dir: Optional[str] = None, tolerance: flo
                    for g in groups],
         "max_sparsity_within_dense": [{"task": t, "method": m, "sparsity": s} for (t, m), s in within.items()],
         "problems": problems,
-    })
+    }, indent=2)
     report.figures = plot_all(groups, out_dir)
     return report
 

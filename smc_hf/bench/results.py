@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any, Optional
 
+from ..io.atomic import write_json
 from ..version import __version__
 from .grid import Cell, MethodSpec
 
@@ -90,16 +91,6 @@ def environment_versions() -> dict[str, str]:
     return versions
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def read_run_results(path: str, cell: Cell, ran: Optional[Cell] = None, round_idx: Optional[int] = None) -> dict[str, Any]:
     """A run's all_results.json recorded as `cell`'s result, checked against the run that wrote it.
 
@@ -145,14 +136,14 @@ def begin_attempt(folder: str, log_path: str) -> list[dict[str, Any]]:
             ended = os.path.getmtime(log_path) if os.path.isfile(log_path) else started
             attempt.update(wall_s=max(ended - started, 0.0), exit_code=None, train_runtime=None, killed=True)
     attempts.append({"started": time.time()})
-    write_json_atomic(path, {"attempts": attempts})
+    write_json(path, {"attempts": attempts}, indent=2)
     return attempts
 
 
 def end_attempt(folder: str, attempts: list[dict[str, Any]], exit_code: int, wall_s: float,
                 train_runtime: Optional[float]) -> None:
     attempts[-1].update(wall_s=wall_s, exit_code=exit_code, train_runtime=train_runtime, killed=False)
-    write_json_atomic(os.path.join(folder, ATTEMPTS_FILE), {"attempts": attempts})
+    write_json(os.path.join(folder, ATTEMPTS_FILE), {"attempts": attempts}, indent=2)
 
 
 def reported_runtime(path: str) -> Optional[float]:

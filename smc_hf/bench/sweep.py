@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Optional
 
 from tqdm.auto import tqdm
 
+from ..io.atomic import write_json
 from .grid import Cell
 from .launch import Launcher, child_preexec, children_end_with_us, stop_children
 from .lock import LockHeld, acquire_lock, release_lock
@@ -37,7 +38,6 @@ from .results import (
     reported_runtime,
     read_result,
     read_run_results,
-    write_json_atomic,
 )
 
 LOG_FILE = "run.log"
@@ -222,8 +222,8 @@ class _Sweep:
                 if unit.source is not None:
                     shared = {"dense_run": os.path.relpath(unit.source.dense_dir(self.results_dir), self.results_dir)}
             os.makedirs(cell_dir(self.results_dir, cell), exist_ok=True)
-            write_json_atomic(os.path.join(cell_dir(self.results_dir, cell), RESULT_FILE),
-                              build_result(cell, self._model(unit, run), run, command, wall_s, shared, attempts))
+            write_json(os.path.join(cell_dir(self.results_dir, cell), RESULT_FILE),
+                       build_result(cell, self._model(unit, run), run, command, wall_s, shared, attempts), indent=2)
             self.done.add(cell.key)
             if cell in self.wanted:
                 self.summary.completed.append(cell)

@@ -214,7 +214,7 @@ def markdown(groups: list[GroupStats], tolerance: float = 1.0, problems: Iterabl
                 " pooled (correct / examples over all folds)"
         lines += [f"{metric_label(rows[0].metric_name)}, {spread} per cell; "
                   f"model: {', '.join(f'`{m}`' for m in models) or 'the task default'}.", ""]
-        header = ["method", "dense"] + [format_sparsity(s) for s in sparsities]
+        header = ["method", DENSE] + [format_sparsity(s) for s in sparsities]
         header.append(f"max sparsity within {tolerance:g} pt of dense")
         lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         for method in dict.fromkeys(g.method for g in rows):

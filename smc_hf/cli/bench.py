@@ -63,13 +63,14 @@ def _check_tasks(tasks: list[str], entry: str) -> None:
 
     if os.path.abspath(entry) != os.path.abspath(default_entry()):
         return
-    try:
-        from tasks import TASKS
-    except ImportError:
+    from smc_hf.pruning.task_source import task_provider
+
+    provider = task_provider(required=False)
+    if provider is None:
         return
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in provider.TASKS]
     if unknown:
-        raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(TASKS))}")
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(provider.TASKS))}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or print the commands of) every cell of the grid")
-    run.add_argument("--tasks", required=True, help="comma-separated task names (see tasks.TASKS)")
+    run.add_argument("--tasks", required=True, help="comma-separated task names (those of the installed task provider)")
     run.add_argument("--methods", required=True,
                      help="comma-separated methods; rigl:omp, rigl:snip, rigl:random pick RigL's initial mask")
     run.add_argument("--sparsities", default="paper",

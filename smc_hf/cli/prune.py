@@ -13,9 +13,9 @@ from typing import Optional, Sequence
 
 from transformers import HfArgumentParser
 
-from ..checkpoint import partial_dir
-from ..checkpoint_pruning import PruneCheckpointArguments, prune_checkpoint
 from ..config import SparsityConfig
+from ..io.folders import partial_dir
+from ..pruning.checkpoint_pruning import PruneCheckpointArguments, prune_checkpoint
 
 EXAMPLES = """examples:
   smc-prune FacebookAI/roberta-large --method omp --sparsity 0.5 --distribution global --output roberta-omp50

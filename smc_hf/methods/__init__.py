@@ -2,6 +2,7 @@
 
 from . import gradual, lth, obert, one_shot, rigl, snip  # noqa: F401  (registration side effects)
 from .base import SparsityMethod
+from .one_shot import DENSE_METHOD
 from .registry import METHODS
 
 
@@ -13,4 +14,4 @@ def build_method(config) -> SparsityMethod:
     return METHODS.get(config.method)(config)
 
 
-__all__ = ["METHODS", "SparsityMethod", "available_methods", "build_method"]
+__all__ = ["DENSE_METHOD", "METHODS", "SparsityMethod", "available_methods", "build_method"]

@@ -7,11 +7,24 @@ by calling `prune_to`, which scores (criteria.py), allocates (allocation.py) and
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
-from ..allocation import allocate
-from ..context import PruneContext
-from ..criteria import CRITERIA
+from ..core.allocation import allocate
+from ..core.context import PruneContext
+from ..core.criteria import CRITERIA
+from .registry import METHODS
+
+
+@dataclass(frozen=True)
+class Legend:
+    """How tables and figures show a method: the paper's legend name, its rank in the paper's legend, and a
+    fixed colour and marker, so a method looks the same in every figure."""
+
+    name: str
+    rank: int
+    colour: str
+    marker: str
 
 
 class SparsityMethod:
@@ -30,6 +43,19 @@ class SparsityMethod:
     #: Round 0 is a dense fine-tuning and round k ends with the ticket of the run's k-th sparsity (the one
     #: a run with k + 1 rounds ends at): one run to the highest sparsity yields every lower one (LTH).
     rounds_are_tickets: ClassVar[bool] = False
+    #: Whether the method prunes to `config.sparsity` (not `dense`, which prunes nothing, nor `fixed`, which keeps
+    #: the mask it finds): then a report's overall target is `config.sparsity`.
+    prunes_to_target: ClassVar[bool] = True
+    #: Whether the method ever masks weights (all but `dense`): only then must the selection be non-empty.
+    masks_weights: ClassVar[bool] = True
+    #: Scores streaming pruning computes shard by shard ("magnitude" or "random"); None: the model must be in memory.
+    streaming_criterion: ClassVar[Optional[str]] = None
+    #: Initial masks a spec may name after a colon (`rigl:snip`); empty: the method takes none.
+    initial_masks: ClassVar[tuple[str, ...]] = ()
+    #: The method's legend in tables and figures (None: `name (Timing)`, after the paper's methods) and the
+    #: legends of its `name:initial_mask` specs.
+    legend: ClassVar[Optional[Legend]] = None
+    initial_mask_legends: ClassVar[dict[str, Legend]] = {}
 
     def __init__(self, config):
         self.config = config
@@ -64,9 +90,9 @@ class SparsityMethod:
         """After the round's last step."""
 
     def one_shot(self, ctx: PruneContext) -> None:
+        capable = [n for n in METHODS.names() if METHODS.get(n).one_shot_capable and METHODS.get(n).prunes_to_target]
         raise ValueError(
-            f"method {self.name!r} needs training and cannot run in prune_model; "
-            "one-shot methods: omp, random, omp_after, random_after, snip, obert"
+            f"method {self.name!r} needs training and cannot run in prune_model; one-shot methods: {', '.join(capable)}"
         )
 
     # -- the shared mechanics --------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..context import PruneContext
-from ..schedules import GradualSchedule, cubic_sparsity
-from .base import SparsityMethod
+from ..core.context import PruneContext
+from ..core.schedules import GradualSchedule, cubic_sparsity
+from .base import Legend, SparsityMethod
 from .registry import METHODS
 
 
@@ -19,6 +19,7 @@ class GMP(SparsityMethod):
     """
 
     timing = "during"
+    legend = Legend("GMP (During)", 4, "#2ca02c", "D")
     #: The release's initial_prune_time and final_prune_time, as fractions of training.
     default_begin = 0.1
     default_end = 0.8

@@ -8,9 +8,10 @@ import os
 from accelerate import PartialState
 from safetensors.torch import load_model, save_model
 
-from ..context import PruneContext
-from ..safetensors_io import member_path
-from .base import SparsityMethod
+from ..core.context import PruneContext
+from ..io.atomic import atomic_path
+from ..io.safetensors_io import member_path
+from .base import Legend, SparsityMethod
 from .registry import METHODS
 
 REWIND_FILE = "lth_rewind.safetensors"
@@ -53,6 +54,7 @@ class LTH(SparsityMethod):
     """
 
     timing = "after"
+    legend = Legend("LTH (After)", 1, "#d62728", "o")
     rounds_are_tickets = True
 
     def __init__(self, config):
@@ -116,9 +118,8 @@ class LTH(SparsityMethod):
         relative = os.path.relpath(os.path.join(os.path.abspath(ctx.output_dir), REWIND_FILE), run_dir)
         path = os.path.join(run_dir, relative)
         if getattr(ctx.args, "should_save", True):
-            os.makedirs(ctx.output_dir, exist_ok=True)
-            save_model(ctx.model, path + ".tmp", metadata={"format": "pt", "rewind_step": str(self.config.rewind_step)})
-            os.replace(path + ".tmp", path)
+            with atomic_path(path) as tmp:
+                save_model(ctx.model, tmp, metadata={"format": "pt", "rewind_step": str(self.config.rewind_step)})
         PartialState().wait_for_everyone()
         self.rewind_file = relative.replace(os.sep, "/")
 

@@ -14,11 +14,13 @@ from typing import ClassVar, Optional
 
 import torch
 
-from ..allocation import allocate
-from ..calibration import calibration_gradients, calibration_seed, show_progress
-from ..context import PruneContext
-from ..criteria import exclude_pruned
-from ..fisher import BlockFisher
+from ..core.allocation import allocate
+from ..core.calibration import calibration_gradients, calibration_seed, show_progress
+from ..core.context import PruneContext
+from ..core.criteria import exclude_pruned
+from ..core.fisher import BlockFisher
+from ..core.zeros import total_pruned
+from .base import Legend
 from .gradual import GMP
 from .one_shot import _OneShotAfter
 from .registry import METHODS
@@ -28,7 +30,7 @@ class _OBSPruning:
     """The oBERT pruning step, with the variant's defaults for the options the config leaves unset (None).
 
     1. The empirical Fisher F = damp * I + (1/m) sum g g^T of m gradient samples, block-diagonal with blocks of
-       `obert_block_size` consecutive weights (memory: see `smc_hf.fisher`). A sample is the gradient of one
+       `obert_block_size` consecutive weights (memory: see `smc_hf.core.fisher`). A sample is the gradient of one
        calibration batch, with dropout off and pruned weights' gradients zeroed; `obert_num_grads` None reads
        one full pass over the batches.
     2. Weights are ranked by w^2 / (2 [F^-1]_qq), globally by default, what is already pruned staying pruned.
@@ -61,7 +63,7 @@ class _OBSPruning:
 
     def prune_to(self, ctx: PruneContext, sparsity: float, criterion=None, scores=None) -> None:
         masks = ctx.masks
-        already = sum(int((~m).sum()) for m in masks.masks.values())
+        already = total_pruned(masks.masks.values())
         if round(sparsity * masks.numel()) <= already:
             self.current_sparsity = max(self.current_sparsity, sparsity)
             return
@@ -104,6 +106,7 @@ class OBERT(_OBSPruning, _OneShotAfter):
     default_block_size = 1
     default_num_grads = None
     default_weight_update = False
+    legend = Legend("oBERT (After)", 11, "#393b79", "*")
 
 
 @METHODS.register("obert_gradual")
@@ -114,3 +117,4 @@ class OBERTGradual(_OBSPruning, GMP):
     default_block_size = 50
     default_num_grads = 1024
     default_weight_update = True
+    legend = Legend("oBERT gradual (During)", 12, "#6b6ecf", "P")

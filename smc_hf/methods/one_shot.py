@@ -6,20 +6,28 @@ import logging
 import os
 
 
-from ..context import PruneContext
-from ..masks import MASKS_FILE
-from .base import SparsityMethod
+from ..core.context import PruneContext
+from ..core.zeros import total_pruned
+from ..io.mask_file import MASKS_FILE
+from .base import Legend, SparsityMethod
 from .registry import METHODS
 
 logger = logging.getLogger(__name__)
 
 
-@METHODS.register("dense")
+#: The dense baseline's name: config default, the benchmark's reference runs.
+DENSE_METHOD = "dense"
+
+
+@METHODS.register(DENSE_METHOD)
 class Dense(SparsityMethod):
     """No pruning: the benchmark's dense baseline, through the same code path."""
 
     timing = "none"
     one_shot_capable = True
+    prunes_to_target = False
+    masks_weights = False
+    legend = Legend("Dense", 0, "#000000", "o")
 
     def one_shot(self, ctx: PruneContext) -> None:
         """Nothing to prune."""
@@ -36,6 +44,7 @@ class Fixed(SparsityMethod):
 
     timing = "none"
     one_shot_capable = True
+    prunes_to_target = False
 
     @classmethod
     def validate(cls, config) -> None:
@@ -54,7 +63,7 @@ class Fixed(SparsityMethod):
                     "exactly zero", MASKS_FILE, source,
                 )
                 ctx.masks.update({n: p.detach() != 0 for n, p in ctx.masks.params.items()})
-        zeros = sum(int((~m).sum()) for m in ctx.masks.masks.values())
+        zeros = total_pruned(ctx.masks.masks.values())
         self.current_sparsity = zeros / ctx.masks.numel()
 
     one_shot = on_round_begin
@@ -93,6 +102,9 @@ class _OneShotAfter(SparsityMethod):
 class OMPBefore(_OneShotBefore):
     """One-shot global magnitude pruning of the pre-trained weights (the paper's OMP (Before))."""
 
+    streaming_criterion = "magnitude"
+    legend = Legend("OMP (Before)", 9, "#bcbd22", "h")
+
 
 @METHODS.register("random_before", aliases=("random",))
 class RandomBefore(_OneShotBefore):
@@ -100,17 +112,24 @@ class RandomBefore(_OneShotBefore):
 
     criterion = "random"
     default_distribution = "uniform"
+    streaming_criterion = "random"
+    legend = Legend("Random (Before)", 7, "#e377c2", ">")
 
 
 @METHODS.register("omp_after")
 class OMPAfter(_OneShotAfter):
     """One-shot global magnitude pruning of the fine-tuned weights, then re-training (OMP (After))."""
 
+    streaming_criterion = "magnitude"
+    legend = Legend("OMP (After)", 2, "#1f77b4", "s")
+
 
 @METHODS.register("random_after")
 class RandomAfter(_OneShotAfter):
     criterion = "random"
     default_distribution = "uniform"
+    streaming_criterion = "random"
+    legend = Legend("Random (After)", 3, "#9467bd", "v")
 
 
-__all__ = ["Dense", "Fixed", "OMPBefore", "RandomBefore", "OMPAfter", "RandomAfter"]
+__all__ = ["DENSE_METHOD", "Dense", "Fixed", "OMPBefore", "RandomBefore", "OMPAfter", "RandomAfter"]

@@ -1,5 +1,5 @@
 """The registry of sparse methods, by the benchmark's names; each method class's `name` is set to its own."""
 
-from ..registry import Registry
+from ..core.registry import Registry
 
 METHODS: Registry = Registry("sparsity method", name_attr="name")

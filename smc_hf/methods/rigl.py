@@ -8,12 +8,12 @@ from typing import Optional
 
 import torch
 
-from ..allocation import ordered_keys, prune_lowest
-from ..context import PruneContext
-from ..criteria import CRITERIA
-from ..masks import unwrap_optimizer
-from ..schedules import default_interval, resolve_step
-from .base import SparsityMethod
+from ..core.allocation import ordered_keys, prune_lowest
+from ..core.context import PruneContext
+from ..core.criteria import CRITERIA
+from ..core.masks import unwrap_optimizer
+from ..core.schedules import default_interval, resolve_step
+from .base import Legend, SparsityMethod
 from .registry import METHODS
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ class RigL(SparsityMethod):
     """
 
     timing = "before"
+    initial_masks = tuple(INITS)
+    initial_mask_legends = {
+        "snip": Legend("SNIP+RIGL (Before)", 6, "#8c564b", "<"),
+        "random": Legend("Random+RIGL (Before)", 8, "#7f7f7f", "p"),
+        "omp": Legend("OMP+RIGL (Before)", 10, "#17becf", "X"),
+    }
 
     def __init__(self, config):
         super().__init__(config)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..context import PruneContext
-from ..criteria import CRITERIA
-from .base import SparsityMethod
+from ..core.context import PruneContext
+from ..core.criteria import CRITERIA
+from .base import Legend, SparsityMethod
 from .registry import METHODS
 
 
@@ -15,10 +15,11 @@ class SNIP(SparsityMethod):
 
     Scores come from calibration passes on a seeded shuffle of the training set inside a Trainer (the release: the
     first batch of its shuffled epoch, an equally random batch), or on the dataloader given to `prune_model` in its
-    own order (see `smc_hf.calibration`). Dropout is off unless `snip_train_mode` (the release's train-mode pass).
+    own order (see `smc_hf.core.calibration`). Dropout is off unless `snip_train_mode` (the release's train-mode pass).
     """
 
     timing = "before"
+    legend = Legend("SNIP (Before)", 5, "#ff7f0e", "^")
     criterion = "snip"
     one_shot_capable = True
     needs_data = True

@@ -13,14 +13,15 @@ import shlex
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional, Union
 
-from .checkpoint import (
-    AUXILIARY_SUFFIXES, check_output_outside, model_class_for, read_sparsity_block, report_from_block,
-    save_sparse_pretrained,
-)
-from .compressed import COMPRESSED_INDEX
-from .config import SparsityConfig
-from .report import SparsityReport
-from .safetensors_io import checkpoint_files, read_header
+from ..config import SparsityConfig
+from ..core.report import SparsityReport
+from ..io.compressed import COMPRESSED_INDEX
+from ..io.folders import AUXILIARY_SUFFIXES, check_output_outside
+from ..io.safetensors_io import checkpoint_files, read_header
+from ..io.sparsity_block import read_sparsity_block, report_from_block
+from .loading import model_class_for
+from .sparse_folder import save_sparse_pretrained
+from .task_source import task_provider
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class PruneCheckpointArguments:
 
     output: str = field(metadata={"help": "Output folder (built under <output>.partial, renamed when complete)."})
     streaming: bool = _arg(False, "Prune shard by shard without loading the model (omp, random; larger than memory).")
-    compress: bool = _arg(False, "Store kept values plus a bitmask instead of dense weights (load: smc_hf.compressed).")
+    compress: bool = _arg(False, "Store kept values plus a bitmask instead of dense weights (load: smc_hf.io.compressed).")
     mask_format: str = _arg("packed", "Mask file layout: packed (1 bit per weight) or bool (1 byte).")
     model_class: Optional[str] = _arg(None, "transformers class to load with, e.g. AutoModelForCausalLM (default: saved).")
     tokenizer: Optional[str] = _arg(None, "Tokenizer for calibration data (default: the checkpoint's).")
@@ -69,7 +70,7 @@ class PruneCheckpointArguments:
 
 def check_method(config: SparsityConfig, options: PruneCheckpointArguments) -> None:
     """Refuse a method that cannot run one-shot here, before any model is loaded."""
-    from .methods import METHODS
+    from ..methods import METHODS
 
     method = METHODS.get(config.method)
     if not method.one_shot_capable:
@@ -132,10 +133,8 @@ def _calibration(options, local: str, config: SparsityConfig):
     set_seed(config.mask_seed if config.mask_seed is not None else 0)
     tokenizer = AutoTokenizer.from_pretrained(options.tokenizer or local, trust_remote_code=options.trust_remote_code)
     if options.calibration_task:
-        from tasks import ModelArguments
-
         task, data, raw = task_inputs(options.calibration_task, options.calibration_samples, options.calibration_file)
-        model = task.load_model(ModelArguments(model_name_or_path=local), tokenizer, raw)
+        model = task.load_model(task_provider().ModelArguments(model_name_or_path=local), tokenizer, raw)
         return model, task_dataloader(task, data, raw, tokenizer, model, batch_size=options.calibration_batch_size)
     model = _load_model(local, options)
     loader = file_dataloader(
@@ -179,7 +178,7 @@ def prune_checkpoint(
     check_output_outside(args.output, (local, source))
     if os.path.isfile(os.path.join(local, COMPRESSED_INDEX)):
         raise ValueError(f"{local} holds compressed weights; write a dense copy first with "
-                         "smc_hf.compressed.decompress_folder(src, dst)")
+                         "smc_hf.io.compressed.decompress_folder(src, dst)")
     for path in checkpoint_files(local):
         read_header(path)
     packed = args.mask_format == "packed"

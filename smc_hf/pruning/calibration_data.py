@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from torch.utils.data import DataLoader
 
+from .task_source import task_provider
+
 
 def read_records(path: str) -> list[dict[str, Any]]:
     """Rows of a JSON list, JSON-lines or CSV/TSV file, with errors naming the file and line."""
@@ -91,10 +93,9 @@ def file_dataloader(
 
 def task_inputs(task_name: str, samples: int, file: Optional[str] = None):
     """(task, data arguments, raw train split) for calibrating on a task's training data (or `file` in its format)."""
-    from tasks import DataArguments, get_task
-
-    task = get_task(task_name)
-    data = DataArguments(task=task_name, max_train_samples=samples, train_file=file)
+    provider = task_provider()
+    task = provider.get_task(task_name)
+    data = provider.DataArguments(task=task_name, max_train_samples=samples, train_file=file)
     raw = task.load_raw(data)
     if "train" not in raw:
         raise ValueError(f"task {task_name}: no training split to calibrate on")

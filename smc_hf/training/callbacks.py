@@ -17,13 +17,14 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from . import distributed
-from .checkpoint import write_sparse_artifacts
-from .config import SparsityConfig
-from .context import PruneContext
-from .masks import MASKS_FILE, MaskSet, preserves_zeros
-from .methods import SparsityMethod, build_method
-from .selection import select_parameters
+from ..config import SparsityConfig
+from ..core.context import PruneContext
+from ..core.masks import MaskSet, preserves_zeros
+from ..core.selection import select_parameters
+from ..integrations import distributed
+from ..io.mask_file import MASKS_FILE
+from ..methods import SparsityMethod, build_method
+from ..pruning.sparse_folder import write_sparse_artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
     @property
     def prunes(self) -> bool:
         """Whether the method can prune (all but `dense`): only then must the selection be non-empty."""
-        return self.config.method != "dense"
+        return self.config.method_class.masks_weights
 
     # -- ExportableState -------------------------------------------------------------------------------
     def state(self) -> dict:

@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masks import MASKS_FILE, MaskSet
-from .selection import plain_name
+from ..core.masks import MaskSet
+from ..core.selection import plain_name
+from ..core.zeros import count_zeros
+from ..io.mask_file import MASKS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def _base_weight_names(model: nn.Module) -> dict[int, str]:
 
 def base_masks(peft_model: nn.Module, masks: MaskSource = None) -> dict[str, torch.Tensor]:
     """Keep-masks of the base weights, keyed by plain parameter name."""
-    from .compressed import read_masks
+    from ..io.mask_file import read_masks
 
     if isinstance(masks, MaskSet):
         found = {plain_name(n): m for n, m in masks.masks.items()}
@@ -186,7 +188,7 @@ class MergeReport:
 
 
 def _zero_fraction(weights: list[torch.Tensor]) -> float:
-    return sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights))
+    return sum(count_zeros(w) for w in weights) / max(1, sum(w.numel() for w in weights))
 
 
 @torch.no_grad()
@@ -236,6 +238,6 @@ def merge_sparse(
         worst = max(report.layer_errors, key=report.layer_errors.get)
         logger.warning(
             "sparse merge: dropping the adapter update on pruned weights changes %s's output by %.2e (relative); "
-            "train with smc_hf.peft.mask_lora for an exact merge", worst, report.max_error,
+            "train with smc_hf.integrations.peft.mask_lora for an exact merge", worst, report.max_error,
         )
     return merged, report

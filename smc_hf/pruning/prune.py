@@ -6,10 +6,10 @@ from typing import Iterable, Optional
 
 from torch import nn
 
-from .config import SparsityConfig
-from .context import PruneContext
-from .masks import MaskSet
-from .methods import build_method
+from ..config import SparsityConfig
+from ..core.context import PruneContext
+from ..core.masks import MaskSet
+from ..methods import build_method
 
 
 def prune_model(model: nn.Module, config: SparsityConfig, dataloader: Optional[Iterable] = None) -> MaskSet:

@@ -1,8 +1,7 @@
-"""Bitmasks on disk: bit-packed mask files, and the compressed weight format (kept values + a bitmask).
+"""The compressed weight format (kept values + a bitmask) of a sparse folder.
 
-Packed masks take one bit per weight instead of a byte. The compressed format stores, for each masked
-weight, the kept values in row-major order plus its bitmask; other tensors are stored as they are. A masked
-fp32 weight at sparsity s costs (1 - s) * 4 + 1/8 bytes per weight instead of 4. The bitmask is the mask
+For each masked weight it stores the kept values in row-major order plus its bitmask; other tensors are
+stored as they are. A masked fp32 weight at sparsity s costs (1 - s) * 4 + 1/8 bytes per weight instead of 4. The bitmask is the mask
 itself (kept weights that happen to be zero stay kept), so the exact mask survives compression.
 
 Files are safetensors and their metadata is plain JSON: nothing in them is ever executed.
@@ -11,87 +10,23 @@ Files are safetensors and their metadata is plain JSON: nothing in them is ever 
 from __future__ import annotations
 
 import json
-import math
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .masks import MASKS_FILE
-from .safetensors_io import (
-    INDEX_FILE, SINGLE_FILE, TensorInfo, checkpoint_files, member_path, open_safetensors,
-    save_tensors,
-)
+from .atomic import atomic_path, write_json
+from .mask_file import MASKS_FILE, pack_bits, read_masks, unpack_bits
+from .safetensors_io import INDEX_FILE, SINGLE_FILE, checkpoint_files, member_path, open_safetensors, save_tensors
+from .sparsity_block import read_sparsity_block, write_config_block
 
-BOOL_MASKS_FORMAT = "smc_hf.bool_masks"
-PACKED_MASKS_FORMAT = "smc_hf.packed_bits"
 COMPRESSED_FORMAT = "smc_hf.bitmask"
 COMPRESSED_INDEX = "model.bitmask.index.json"
 
 
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A bool tensor as uint8 bytes, eight elements per byte, first element in the lowest bit."""
-    flat = mask.detach().cpu().reshape(-1).to(torch.bool).numpy()
-    return torch.from_numpy(np.packbits(flat, bitorder="little"))
-
-
-def unpack_bits(packed: torch.Tensor, shape, where: str = "bitmask") -> torch.Tensor:
-    numel = math.prod(shape)
-    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (numel + 7) // 8:
-        raise ValueError(
-            f"{where}: packed bits of {packed.numel()} {packed.dtype} bytes cannot hold shape {tuple(shape)} "
-            f"(needs {(numel + 7) // 8} uint8 bytes); the file is corrupt or does not belong to this model"
-        )
-    bits = np.unpackbits(packed.numpy(), count=numel, bitorder="little")
-    return torch.from_numpy(bits.astype(bool)).reshape(tuple(shape))
-
-
-# -- mask files -------------------------------------------------------------------------------------------
-def packed_masks_plan(shapes: dict[str, tuple[int, ...]]) -> tuple[list[TensorInfo], dict[str, str]]:
-    """Header of a packed mask file, for writing it one mask at a time (`SafetensorsWriter`)."""
-    plan = [TensorInfo(name, "U8", ((math.prod(shape) + 7) // 8,)) for name, shape in shapes.items()]
-    metadata = {"format": PACKED_MASKS_FORMAT, "shapes": json.dumps({n: list(s) for n, s in shapes.items()})}
-    return plan, metadata
-
-
-def save_masks(masks: dict[str, torch.Tensor], path: str, packed: bool = True) -> None:
-    """Write keep-masks (bit-packed, or one bool per byte) atomically: a partial file never sits at `path`."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    if packed:
-        shapes = {n: tuple(m.shape) for n, m in masks.items()}
-        _, metadata = packed_masks_plan(shapes)
-        save_tensors({n: pack_bits(m) for n, m in masks.items()}, tmp, metadata=metadata)
-    else:
-        tensors = {n: m.detach().cpu().to(torch.bool).contiguous() for n, m in masks.items()}
-        save_tensors(tensors, tmp, metadata={"format": BOOL_MASKS_FORMAT})
-    os.replace(tmp, path)
-
-
-def read_masks(path: str) -> dict[str, torch.Tensor]:
-    """Bool keep-masks from a mask file in either layout, with an error naming the file if it is unusable."""
-    with open_safetensors(path) as f:
-        metadata = f.metadata() or {}
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
-    if metadata.get("format") == PACKED_MASKS_FORMAT:
-        try:
-            shapes = json.loads(metadata["shapes"])
-        except (KeyError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: packed masks without a valid 'shapes' entry ({err})") from None
-        missing = sorted(set(tensors) - set(shapes))
-        if missing:
-            raise ValueError(f"{path}: no shape recorded for packed masks {missing[:5]}")
-        return {n: unpack_bits(t, shapes[n], f"{path} [{n}]") for n, t in tensors.items()}
-    bad = [n for n, m in tensors.items() if m.dtype != torch.bool]
-    if bad:
-        raise ValueError(f"{path}: masks must be bool tensors or packed bits, got other dtypes for {bad[:5]}")
-    return tensors
-
-
-# -- compressed weights -----------------------------------------------------------------------------------
 @dataclass
 class CompressionSizes:
     dense_bytes: int
@@ -140,8 +75,8 @@ def compress_folder(
         if clash:
             raise ValueError(f"{path}: weights {clash[:5]} collide with other tensors named '<weight>.values/.bitmask'")
         target = os.path.join(folder, _compressed_name(path))
-        save_tensors(out, target + ".tmp", metadata={"format": COMPRESSED_FORMAT, "compressed": json.dumps(layout)})
-        os.replace(target + ".tmp", target)
+        with atomic_path(target) as tmp:
+            save_tensors(out, tmp, metadata={"format": COMPRESSED_FORMAT, "compressed": json.dumps(layout)})
         written.append(target)
         weight_map.update({n: os.path.basename(target) for n in tensors})
         dense_bytes += os.path.getsize(path)
@@ -154,10 +89,7 @@ def compress_folder(
         "dense_files": {os.path.basename(t): os.path.basename(d) for t, d in zip(written, files)},
         "weight_map": weight_map,
     }
-    index_path = os.path.join(folder, COMPRESSED_INDEX)
-    with open(index_path + ".tmp", "w") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
-    os.replace(index_path + ".tmp", index_path)
+    write_json(os.path.join(folder, COMPRESSED_INDEX), index, indent=2, sort_keys=True)
     if remove_dense:
         remove_dense_files(folder)
     return CompressionSizes(dense_bytes, compressed_bytes)
@@ -171,6 +103,13 @@ def remove_dense_files(folder: str) -> None:
             os.remove(os.path.join(folder, name))
     if os.path.isfile(os.path.join(folder, INDEX_FILE)):
         os.remove(os.path.join(folder, INDEX_FILE))
+
+
+def mark_compressed(folder: str, ratio: float) -> None:
+    """Record in the `sparsity` block that the folder's weights are in the compressed format (idempotent)."""
+    block = read_sparsity_block(folder) or {}
+    block.update(weights_format="bitmask_compressed", weights_index=COMPRESSED_INDEX, compressed_ratio=ratio)
+    write_config_block(folder, block)
 
 
 def _compressed_index(folder: str) -> dict:
@@ -233,8 +172,6 @@ def load_compressed_state_dict(folder: str) -> dict[str, torch.Tensor]:
 
 def decompress_folder(folder: str, output_dir: str) -> None:
     """Write a plain dense `save_pretrained` folder from a compressed one, one shard in memory at a time."""
-    import shutil
-
     index = _compressed_index(folder)
     os.makedirs(output_dir, exist_ok=True)
     dense_map = {}
@@ -252,20 +189,3 @@ def decompress_folder(folder: str, output_dir: str) -> None:
         source = os.path.join(folder, name)
         if name not in skip and os.path.isfile(source):
             shutil.copy2(source, os.path.join(output_dir, name))
-
-
-def from_compressed(folder: str, model_class=None, **kwargs):
-    """Load a compressed folder as a dense transformers model (`model_class` defaults to the saved class).
-
-    The weights go through `from_pretrained(None, config=..., state_dict=...)`, transformers' own loading.
-    """
-    from .checkpoint import model_class_for
-    from transformers import AutoConfig
-
-    trust = kwargs.get("trust_remote_code", False)
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust)
-    cls = model_class_for(config, model_class)
-    state = load_compressed_state_dict(folder)
-    model = cls.from_pretrained(None, config=config, state_dict=state, **kwargs)
-    model.name_or_path = folder
-    return model

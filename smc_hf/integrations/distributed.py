@@ -31,7 +31,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from .masks import MaskSet, _mul_, unwrap_optimizer
+from ..core.masks import MaskSet, _mul_, unwrap_optimizer
+from ..core.zeros import count_pruned
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class Placement:
         bad = [n for n, (weight, keep) in self.local_weight_pairs(masks) if bool(weight[~keep].any())]
         if bad:
             raise RuntimeError(f"pruned weights are not zero in this rank's shard of {bad[:5]}")
-        return {n: int((~m).sum()) if (m := masks.masks.get(n)) is not None else 0 for n in masks.names}
+        return {n: count_pruned(m) if (m := masks.masks.get(n)) is not None else 0 for n in masks.names}
 
     def local_weight_pairs(self, masks: MaskSet) -> list[tuple[str, tuple[torch.Tensor, torch.Tensor]]]:
         """(name, (the weight tensor this rank holds, its local keep-mask)) for every masked weight."""
@@ -484,7 +485,7 @@ def agree_masks(masks: MaskSet) -> None:
         return
     logger.warning(
         "sparsity masks differ between ranks (ranks %s disagree with rank 0): taking rank 0's; a criterion used "
-        "rank-local data without reducing it (see smc_hf.distributed.reduce_scores)", differ,
+        "rank-local data without reducing it (see smc_hf.integrations.distributed.reduce_scores)", differ,
     )
     broadcast_masks(masks, from_process=0)
     if masks.placement is None:

@@ -10,8 +10,8 @@ from typing import Optional
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .checkpoint import read_sparsity_block, report_from_block
-from .masks import MASKS_FILE
+from .mask_file import MASKS_FILE
+from .sparsity_block import read_sparsity_block, report_from_block
 
 
 def _pct(value) -> str:
@@ -49,8 +49,8 @@ def render_model_card(block: dict, base_model: Optional[str] = None, command: Op
     if compressed:
         lines += [
             "The weights are stored compressed (kept values plus a bitmask). Restore the dense model with:", "",
-            "```python", "from smc_hf.compressed import from_compressed", "", 'model = from_compressed(".")', "```",
-            "", "or write a plain dense folder with `smc_hf.compressed.decompress_folder(src, dst)`.", "",
+            "```python", "from smc_hf.pruning.loading import from_compressed", "", 'model = from_compressed(".")', "```",
+            "", "or write a plain dense folder with `smc_hf.io.compressed.decompress_folder(src, dst)`.", "",
         ]
     else:
         lines += [

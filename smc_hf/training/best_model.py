@@ -17,7 +17,7 @@ from typing import Optional
 
 from transformers import TrainerCallback
 
-from .checkpoint import load_masks
+from ..core.masks import load_masks
 
 
 class BestAtSparsityCallback(TrainerCallback):

@@ -35,19 +35,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .allocation import erk_keep_counts, ordered_keys
-from .checkpoint import (
-    PARTIAL_MARKER, copy_auxiliary_files, mark_compressed, model_class_for, sparsity_block, staged_folder,
-    write_config_block,
-)
-from .compressed import compress_folder, pack_bits, packed_masks_plan, remove_dense_files, unpack_bits
-from .config import SparsityConfig
-from .masks import MASKS_FILE
-from .model_card import write_model_card
-from .report import ModuleSparsity, SparsityReport
-from .safetensors_io import (
+from ..config import SparsityConfig
+from ..core.allocation import erk_keep_counts, ordered_keys
+from ..core.report import ModuleSparsity, SparsityReport
+from ..io.atomic import write_json
+from ..io.compressed import compress_folder, mark_compressed, remove_dense_files
+from ..io.folders import PARTIAL_MARKER, copy_auxiliary_files, staged_folder
+from ..io.mask_file import MASKS_FILE, bool_masks_metadata, pack_bits, packed_masks_plan, unpack_bits
+from ..io.model_card import write_model_card
+from ..io.safetensors_io import (
     INDEX_FILE, SafetensorsWriter, TensorInfo, checkpoint_files, open_safetensors, read_header,
 )
+from ..io.sparsity_block import write_config_block
+from ..methods import METHODS
+from .loading import model_class_for
+from .sparse_folder import config_block
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +59,6 @@ STATE_FILE = ".smc_prune_state.json"
 PIECES_DIR = ".masks"
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 _INF_KEY = 0x7F800000
-STREAMING_CRITERIA = {"omp_before": "magnitude", "omp_after": "magnitude",
-                      "random_before": "random", "random_after": "random"}
 
 
 # -- exact k-th smallest key over a stream of chunks ------------------------------------------------------
@@ -172,7 +172,7 @@ def select_targets(
     model_class: Optional[str] = None, trust_remote_code: bool = False,
 ) -> list[Target]:
     """The checkpoint tensors to prune, in the model's selection order (`select_parameters` on a meta model)."""
-    from .selection import parameter_aliases, select_parameters
+    from ..core.selection import parameter_aliases, select_parameters
 
     model = _meta_model(folder, model_class, trust_remote_code)
     selected = select_parameters(model, targets=config.targets, ignore=config.ignore, selection=config.selection)
@@ -245,9 +245,7 @@ class StreamingState:
         return STAGES.index(self.stage) >= STAGES.index(stage)
 
     def save(self, path: str) -> None:
-        with open(path + ".tmp", "w") as f:
-            json.dump(self.__dict__, f)
-        os.replace(path + ".tmp", path)
+        write_json(path, self.__dict__)
 
     @classmethod
     def load(cls, path: str) -> Optional["StreamingState"]:
@@ -367,7 +365,7 @@ def _merge_masks(stage: str, targets: list[Target], packed: bool) -> None:
         plan, metadata = packed_masks_plan(shapes)
     else:
         plan = [TensorInfo(n, "BOOL", s) for n, s in shapes.items()]
-        metadata = {"format": "smc_hf.bool_masks"}
+        metadata = bool_masks_metadata()
     by_file: dict[str, list[Target]] = {}
     for t in targets:
         by_file.setdefault(os.path.basename(t.file), []).append(t)
@@ -391,8 +389,8 @@ def _assemble(stage: str, source: str, targets: list[Target], state: StreamingSt
     shutil.copy2(os.path.join(source, "config.json"), os.path.join(stage, "config.json"))
     copy_auxiliary_files(source, stage)
     report = _report(targets, state, config)
-    block = sparsity_block(report, config, MASKS_FILE, masks_format="packed_bits" if packed_masks else "bool",
-                           source=base_model or source, streaming=True)
+    block = config_block(report, config, MASKS_FILE, masks_format="packed_bits" if packed_masks else "bool",
+                          source=base_model or source, streaming=True)
     write_config_block(stage, block)
     return report
 
@@ -435,14 +433,13 @@ def prune_checkpoint_streaming(
     Supports omp and random (before/after) with global, uniform or erk distributions. Returns the report
     written into the folder's `sparsity` block.
     """
-    criterion = STREAMING_CRITERIA.get(config.method)
+    criterion = METHODS.get(config.method).streaming_criterion
     if criterion is None:
+        supported = [n for n in METHODS.names() if METHODS.get(n).streaming_criterion]
         raise ValueError(
-            f"streaming pruning supports {sorted(STREAMING_CRITERIA)} (magnitude or random scores); method "
+            f"streaming pruning supports {supported} (magnitude or random scores); method "
             f"{config.method!r} needs the model in memory (run without streaming)"
         )
-    from .methods import METHODS
-
     distribution = config.distribution or METHODS.get(config.method).default_distribution
     files = checkpoint_files(source)
     headers = {path: read_header(path)[0] for path in files}

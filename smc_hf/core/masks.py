@@ -13,10 +13,11 @@ import os
 from typing import Iterable, Optional
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-MASKS_FILE = "sparsity_masks.safetensors"
+from ..io.mask_file import MASKS_FILE, read_masks, save_masks
+from .selection import plain_name, select_parameters
+from .zeros import count_pruned, count_zeros
 
 
 def _mul_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
@@ -59,15 +60,13 @@ class MaskSet:
         self.masks: dict[str, torch.Tensor] = {}
         #: Full (logical) shapes, which masks always have, even where a rank holds only a shard.
         self.shapes: dict[str, tuple[int, ...]] = {n: tuple(p.shape) for n, p in self.params.items()}
-        #: Maps masks onto sharded weights (`smc_hf.distributed`); None where weights are whole.
+        #: Maps masks onto sharded weights (`smc_hf.integrations.distributed`); None where weights are whole.
         self.placement = None
         #: Changes whenever a mask is set or cleared, so derived (sharded) masks are never stale.
         self.version = 0
 
     @classmethod
     def for_model(cls, model: nn.Module, targets=None, ignore=None, selection: str = "default") -> "MaskSet":
-        from .selection import select_parameters
-
         return cls(select_parameters(model, targets=targets, ignore=ignore, selection=selection))
 
     # -- binding ---------------------------------------------------------------------------------------
@@ -153,14 +152,14 @@ class MaskSet:
 
     # -- statistics ------------------------------------------------------------------------------------
     def mask_zeros(self) -> dict[str, int]:
-        return {n: int((~m).sum()) for n, m in self.masks.items()}
+        return {n: count_pruned(m) for n, m in self.masks.items()}
 
     @torch.no_grad()
     def weight_zeros(self) -> dict[str, int]:
         """Zeros counted in the weights themselves: the honest measure of achieved sparsity."""
         if self.placement is not None:
             return self.placement.weight_zeros(self)
-        return {n: int((p == 0).sum()) for n, p in self.params.items()}
+        return {n: count_zeros(p) for n, p in self.params.items()}
 
     def achieved_sparsity(self) -> float:
         return sum(self.weight_zeros().values()) / self.numel()
@@ -185,8 +184,6 @@ class MaskSet:
         uncovered layers train dense without a word. Layers meant to stay dense are left out of the
         selection with `ignore` (or `targets`), so the selection says it, not a missing entry.
         """
-        from .selection import plain_name
-
         by_plain = {plain_name(n): n for n in self.params}
         masks = {n if n in self.params else by_plain.get(plain_name(n), n): m for n, m in masks.items()}
         unknown = sorted(set(masks) - set(self.params))
@@ -208,15 +205,19 @@ class MaskSet:
 
     def save(self, path: str) -> None:
         """Write the masks as bool safetensors, atomically (a partial file is never left under `path`)."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        save_file(self.state_dict(), tmp, metadata={"format": "smc_hf.bool_masks"})
-        os.replace(tmp, path)
+        save_masks(self.state_dict(), path, packed=False)
 
     def load(self, path: str) -> None:
-        """Read a mask file, bool or bit-packed (see `compressed.read_masks`)."""
-        from .compressed import read_masks
-
+        """Read a mask file, bool or bit-packed (see `smc_hf.io.mask_file.read_masks`)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no sparsity masks at {path}")
         self.load_state_dict(read_masks(path), source=path)
+
+
+def load_masks(folder: str, masks: MaskSet) -> Optional[str]:
+    """Load `folder`'s masks file into `masks`; returns its path, or None when the folder has none."""
+    path = os.path.join(folder, MASKS_FILE)
+    if os.path.isfile(path):
+        masks.load(path)
+        return path
+    return None

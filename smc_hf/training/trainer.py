@@ -13,16 +13,16 @@ import re
 from typing import Optional
 
 from transformers import Seq2SeqTrainer, Trainer
+from ..config import SparsityConfig
+from ..core.masks import load_masks
+from ..core.report import SparsityReport, sparsity_report
+from ..core.rng import capture_rng_state, restore_rng_state
+from ..core.selection import select_parameters
+from ..io.atomic import write_json
+from ..io.folders import TRAINER_STATE_FILE, check_safetensors_files, last_complete_checkpoint, load_weights
+from ..pruning.sparse_folder import write_sparse_artifacts
 from .best_model import BestAtSparsityCallback
 from .callbacks import SparsityCallback
-from .checkpoint import (
-    TRAINER_STATE_FILE, check_safetensors_files, last_complete_checkpoint, load_masks, load_weights,
-    write_sparse_artifacts,
-)
-from .config import SparsityConfig
-from .report import SparsityReport, sparsity_report
-from .rng import capture_rng_state, restore_rng_state
-from .selection import select_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -186,9 +186,7 @@ class SparseTrainerMixin:
         if self.args.should_save:
             record = {"round": round_idx, "method_state": callback.method.state_dict(), "rng": capture_rng_state()}
             path = os.path.join(folder, ROUND_FILE)
-            with open(path + ".tmp", "w") as f:
-                json.dump(record, f, indent=2)
-            os.replace(path + ".tmp", path)
+            write_json(path, record, indent=2)
 
     def _load_round(self, folder: str) -> None:
         """Start a round from the saved end of the previous one (resuming a multi-round run)."""

@@ -1,0 +1,1 @@
+"""Plain torch: parameter selection, `MaskSet`, allocation, criteria, schedules, calibration, Fisher, reports."""

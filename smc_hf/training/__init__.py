@@ -1,0 +1,1 @@
+"""The Trainer side: `SparsityCallback`, `SparseTrainer`, best-model reloading. The only code importing `Trainer`."""
