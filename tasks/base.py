@@ -22,6 +22,9 @@ SELECTION_SWITCHES = ("eval_strategy", "save_strategy", "load_best_model_at_end"
 #: ModelArguments fields that only one task family reads.
 FAMILY_OPTIONS = {"prune_embeddings": "arithmetic", "classifier_head": "protein", "epoch_one_cycle": "protein"}
 
+#: ModelArguments fields that only one task reads.
+TASK_OPTIONS = {"winogrande_scoring": "winogrande"}
+
 
 class DataError(ValueError):
     """A data file or split is unusable; the message names the file (or split) and the column."""
@@ -60,6 +63,12 @@ class ModelArguments:
         default=None,
         metadata={"help": "Arithmetic solver decoder: 'gts' (default, the paper's goal-driven tree decoder) or 'seq' "
                   "(a Transformer sequence decoder)."},
+    )
+    winogrande_scoring: Optional[str] = field(
+        default=None,
+        metadata={"help": "WinoGrande only: 'mlm_margin' (default, the paper's: each option filled into the blank, "
+                  "scored by its tokens' masked-LM log-probabilities, margin loss) or 'multiple_choice' (a 2-way "
+                  "multiple-choice head with cross-entropy)."},
     )
     epoch_one_cycle: Optional[bool] = field(
         default=None,
@@ -261,6 +270,9 @@ class TaskDefinition(ABC):
         for option, family in FAMILY_OPTIONS.items():
             if getattr(model_args, option) is not None and self.family != family:
                 raise ValueError(f"{self.name}: --{option} applies to the {family} tasks only; leave it out here")
+        for option, task in TASK_OPTIONS.items():
+            if getattr(model_args, option) is not None and self.name != task:
+                raise ValueError(f"{self.name}: --{option} applies to {task} only; leave it out here")
 
     def head_parameter_prefixes(self, model) -> tuple[str, ...]:
         """Parameter-name prefixes trained at the head learning rate (newly initialised parts)."""

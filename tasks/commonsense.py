@@ -6,8 +6,10 @@ choice), so one preprocessing and one head (`AutoModelForMultipleChoice`, RoBERT
 Paper hyper-parameters (fairseq recipes the SMC-Bench code runs, spec section 2.1), mapped to `TrainingArguments`:
 - CSQA: lr 1e-5, polynomial decay, 150 warmup of 3000 updates, batch 16, Adam (0.9, 0.98) eps 1e-6,
   weight decay 0.01, no clipping; inputs `Q: {stem}` / `A: {choice}`.
-- WinoGrande: lr 1e-5, polynomial decay, 2375 warmup of 23750 updates, batch 32, same Adam. The paper scores
-  the blank with the MLM head; here the two fillings are two choices of a multiple-choice head.
+- WinoGrande: lr 1e-5, polynomial decay, 2375 warmup of 23750 updates, batch 32, same Adam. Scored as the paper
+  (fairseq's `winogrande` task and criterion): each option filled into the blank and scored by its tokens' masked-LM
+  log-probabilities, trained with the margin loss (alpha 5, beta 0.4; `tasks/winogrande_mlm.py`).
+  `--winogrande_scoring multiple_choice` scores the two fillings with the multiple-choice head instead.
 - RACE: lr 1e-5 constant, 5 epochs, batch 16 (1 x 8 accumulation x 2 GPUs), 512 tokens, article truncated.
   Trained on all of RACE, reported on test-middle and test-high separately.
 
@@ -35,6 +37,8 @@ from datasets import Dataset, DatasetDict
 from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, truncate
 from .io import field, nonempty, read_json, read_jsonl
 from .metrics import accuracy
+from .winogrande_mlm import (MARGIN_ALPHA, MARGIN_BETA, MaskedSpanScoring, SpanCollator, encode_options,
+                             load_span_scorer, span_accuracy)
 
 _ADAM = {"adam_beta1": 0.9, "adam_beta2": 0.98, "adam_epsilon": 1e-6, "weight_decay": 0.01, "max_grad_norm": 0.0}
 
@@ -184,7 +188,12 @@ class CommonsenseQA(MultipleChoiceTask):
 
 
 class WinoGrande(MultipleChoiceTask):
-    """WinoGrande: the authors' `train_xl.jsonl`/`dev.jsonl`, or Hub `allenai/winogrande` (`winogrande_xl`)."""
+    """WinoGrande: the authors' `train_xl.jsonl`/`dev.jsonl`, or Hub `allenai/winogrande` (`winogrande_xl`).
+
+    `--winogrande_scoring` (`SCORINGS`): `mlm_margin` (default, the paper's: the masked-LM span scorer of
+    `tasks/winogrande_mlm.py`, `AutoModelForMaskedLM`) or `multiple_choice` (`AutoModelForMultipleChoice`, the head
+    CSQA and RACE use). The model decides the rest: preprocessing, collator and metric follow the model loaded.
+    """
 
     name = "winogrande"
     hub_id = "allenai/winogrande"
@@ -197,15 +206,75 @@ class WinoGrande(MultipleChoiceTask):
         "per_device_train_batch_size": 32, "update_every": 500,  # TRAINING.md: CSQA's sparse flags
         "seed": 1, **_ADAM,  # fairseq's default seed (the recipe gives none)
     }
+    auto_model = "AutoModelForMaskedLM (mlm_margin) or AutoModelForMultipleChoice (--winogrande_scoring)"
+    SCORINGS = ("mlm_margin", "multiple_choice")
+    default_scoring = "mlm_margin"
+    margin_alpha = MARGIN_ALPHA
+    margin_beta = MARGIN_BETA
 
     def normalise_record(self, record, where):
         sentence = field(record, "sentence", where)
         if sentence.count("_") != 1:
             raise DataError(f"{where}: column 'sentence' must contain exactly one '_' blank")
         options = [field(record, "option1", where), field(record, "option2", where)]
+        if not all(isinstance(o, str) and o.strip() for o in options):
+            raise DataError(f"{where}: columns 'option1' and 'option2' must be non-empty texts, got {options}")
         label = _label(str(field(record, "answer", where)), ["1", "2"], "answer", where)
         before, after = sentence.split("_")
-        return {"first": [before + o for o in options], "second": [after.strip()] * 2, "label": label}
+        return {"first": [before + o for o in options], "second": [after.strip()] * 2, "label": label,
+                "sentence": sentence, "options": options}
+
+    def scoring(self, model_args: ModelArguments) -> str:
+        scoring = model_args.winogrande_scoring or self.default_scoring
+        if scoring not in self.SCORINGS:
+            raise ValueError(f"{self.name}: --winogrande_scoring {scoring!r} is unknown; choose one of "
+                             f"{', '.join(self.SCORINGS)}")
+        return scoring
+
+    def check_model_arguments(self, model_args: ModelArguments) -> None:
+        super().check_model_arguments(model_args)
+        self.scoring(model_args)
+
+    def load_model(self, model: ModelArguments, tokenizer, raw: DatasetDict):
+        if self.scoring(model) == "multiple_choice":
+            return super().load_model(model, tokenizer, raw)
+        if tokenizer.mask_token_id is None:
+            raise ValueError(f"{self.name}: the tokenizer has no mask token, which mlm_margin scoring replaces the "
+                             f"option by; use a masked-LM checkpoint's tokenizer or --winogrande_scoring multiple_choice")
+        return load_span_scorer(self.checkpoint(model), tokenizer.mask_token_id, model.cache_dir,
+                                self.margin_alpha, self.margin_beta)
+
+    def preprocess(self, raw: DatasetDict, tokenizer, data: DataArguments, model) -> DatasetDict:
+        if not isinstance(model, MaskedSpanScoring):
+            return super().preprocess(raw, tokenizer, data, model)
+        max_length = data.max_seq_length or 512  # fairseq's --max-positions; spans are never truncated away
+
+        def encode(example):
+            enc = encode_options(tokenizer, example["sentence"], example["options"])
+            longest = max(len(ids) for ids in enc["input_ids"])
+            if longest > max_length:
+                raise DataError(f"{self.name}: a filled sentence has {longest} tokens, over --max_seq_length "
+                                f"{max_length}: {example['sentence']!r}; raise --max_seq_length")
+            return {**enc, "label": example["label"]}
+
+        return DatasetDict(
+            {split: ds.map(encode, remove_columns=ds.column_names) for split, ds in raw.items()}
+        )
+
+    def data_collator(self, tokenizer, model):
+        if isinstance(model, MaskedSpanScoring):
+            return SpanCollator(tokenizer.pad_token_id)
+        return super().data_collator(tokenizer, model)
+
+    def compute_metrics(self, tokenizer, raw_eval: Dataset, model):
+        if not isinstance(model, MaskedSpanScoring):
+            return super().compute_metrics(tokenizer, raw_eval, model)
+
+        def compute(eval_pred):
+            scores = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+            return {"accuracy": span_accuracy(scores, eval_pred.label_ids)}
+
+        return compute
 
 
 class Race(MultipleChoiceTask):

@@ -23,6 +23,7 @@ from transformers import (
     MBartConfig,
     MBartForConditionalGeneration,
     RobertaConfig,
+    RobertaForMaskedLM,
     RobertaForMultipleChoice,
     RobertaModel,
     RobertaTokenizer,
@@ -49,11 +50,13 @@ def roberta_tokenizer(texts: Iterable[str], path: str, vocab_size: int = 400) ->
 
 def tiny_roberta_dir(path: str, texts: Iterable[str], head: str = "multiple_choice", vocab_size: int = 400,
                      **sizes) -> str:
-    """A saved tiny RoBERTa (multiple-choice head, or bare encoder) and its tokenizer, as a local checkpoint."""
+    """A saved tiny RoBERTa (`head`: multiple_choice, masked_lm, or encoder) and its tokenizer, as a local
+    checkpoint."""
     tokenizer = roberta_tokenizer(texts, path, vocab_size)
     config = RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=160, pad_token_id=1,
                            **{**TINY, **sizes})
-    model = RobertaForMultipleChoice(config) if head == "multiple_choice" else RobertaModel(config)
+    classes = {"multiple_choice": RobertaForMultipleChoice, "masked_lm": RobertaForMaskedLM, "encoder": RobertaModel}
+    model = classes[head](config)
     model.save_pretrained(path)
     return path
 
