@@ -20,7 +20,8 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 SELECTION_SWITCHES = ("eval_strategy", "save_strategy", "load_best_model_at_end")
 
 #: ModelArguments fields that only one task family reads.
-FAMILY_OPTIONS = {"prune_embeddings": "arithmetic", "classifier_head": "protein", "epoch_one_cycle": "protein"}
+FAMILY_OPTIONS = {"prune_embeddings": "arithmetic", "rnn_layers": "arithmetic", "step_lr_epochs": "arithmetic",
+                  "classifier_head": "protein", "epoch_one_cycle": "protein"}
 
 #: ModelArguments fields that only one task reads.
 TASK_OPTIONS = {"winogrande_scoring": "winogrande"}
@@ -63,6 +64,16 @@ class ModelArguments:
         default=None,
         metadata={"help": "Arithmetic solver decoder: 'gts' (default, the paper's goal-driven tree decoder) or 'seq' "
                   "(a Transformer sequence decoder)."},
+    )
+    rnn_layers: Optional[int] = field(
+        default=None,
+        metadata={"help": "Arithmetic GTS only: layers of the bidirectional LSTM over the encoder (the SVAMP code's 2); "
+                  "default 0, a Linear projection instead (faster and better in a measured short run)."},
+    )
+    step_lr_epochs: Optional[int] = field(
+        default=None,
+        metadata={"help": "Arithmetic only: halve the learning rates every N epochs, GTS's StepLR stepped per epoch "
+                  "(default 20, the paper's; 0 keeps the rate of --lr_scheduler_type)."},
     )
     winogrande_scoring: Optional[str] = field(
         default=None,

@@ -28,8 +28,7 @@ from tests.helpers import ToyClassification, tiny_roberta, training_args
 from tests.test_rigl import _top as top_k, _train as train_rigl
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "fidelity.md"
-PENDING = "pending (GTS lands)"
-VERDICTS = {"same", "switch", "fix", "improvement", "unavailable", "unstated", "open", PENDING}
+VERDICTS = {"same", "switch", "fix", "improvement", "unavailable", "unstated", "open"}
 #: Verdicts whose row must give its reason in the switch column.
 REASONED = {"improvement", "unavailable", "open"}
 #: The audit's rows: A1-A14, B1-B43 and the task sections C1 ... C6.
@@ -38,10 +37,8 @@ AUDIT_ROWS = (
     + [f"C{section}.{i}" for section, count in ((1, 9), (2, 3), (3, 4), (4, 14), (5, 11), (6, 6))
        for i in range(1, count + 1)]
 )
-#: The arithmetic solver's rows the GTS model settles; only these may stay pending.
-MAY_BE_PENDING = {"C4.1", "C4.3", "C4.6", "C4.7", "C4.10"}
 #: Differences a switch could undo but none does yet; a new one must be added here on purpose.
-MAY_BE_OPEN = {"C2.1"}
+MAY_BE_OPEN: set[str] = set()
 SPAN = re.compile(r"`([^`]+)`")
 
 
@@ -110,7 +107,6 @@ def test_every_audit_row_is_there_once_with_a_known_verdict():
     assert sorted(rows) == sorted(AUDIT_ROWS) and len(rows) == 104
     for row in rows.values():
         assert row["verdict"] in VERDICTS, row
-        assert row["verdict"] != PENDING or row["id"] in MAY_BE_PENDING, f"{row['id']} may not be pending"
         assert row["verdict"] != "open" or row["id"] in MAY_BE_OPEN, f"{row['id']} may not be open"
         if row["verdict"] in REASONED:
             assert len(row["switch"]) > 20, f"{row['id']}: an {row['verdict']} row gives its reason in the switch column"
@@ -122,8 +118,6 @@ def test_every_audit_row_is_there_once_with_a_known_verdict():
 @pytest.mark.parametrize("row_id", [r for r in AUDIT_ROWS])
 def test_code_spans_state_the_code(row_id):
     row = _rows()[row_id]
-    if row["verdict"] == PENDING:
-        pytest.skip("pending on another helper's work; the lead reconciles it")
     options = _option_names()
     for column in ("default", "switch"):
         for span in SPAN.findall(row[column]):
