@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 import run_glue_like
-from smc_hf.selection import select_parameters
+from smc_hf.core.selection import select_parameters
 from tasks import DataArguments, ModelArguments, get_task
 from tasks.winogrande_mlm import (MaskedSpanScoring, SpanCollator, encode_options, load_span_scorer, margin_loss,
                                   span_accuracy)
