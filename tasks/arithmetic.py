@@ -292,7 +292,8 @@ class ArithmeticTask(TaskDefinition):
 
     def _drop_unlearnable(self, encoded: Dataset, raw: Dataset, max_output_length: int) -> Dataset:
         """Training problems the decoder cannot emit (a constant outside its vocabulary, or too long), dropped
-        with a warning that counts and names them, as GTS drops them."""
+        with a warning that counts and names them (GTS keeps them and trains the rare constant as its best-scoring
+        problem number, a wrong target; docs/fidelity.md C4.10)."""
         keep = [i for i, labels in enumerate(encoded["labels"]) if -100 not in labels and len(labels) <= max_output_length]
         if len(keep) == len(encoded):
             return encoded
