@@ -133,7 +133,7 @@ def read_table(path: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def stratified_split(labels: list[int], seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str, list[int]]:
-    """Indices per split, class by class, from a seeded permutation: the same files always give the same split."""
+    """Indices per split, stratified by class, from a seeded permutation: the same files always give the same split."""
     rng = np.random.default_rng(seed)
     out: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
     labels_arr = np.asarray(labels)
@@ -145,7 +145,9 @@ def stratified_split(labels: list[int], seed: int, fractions=(0.8, 0.1, 0.1)) ->
         out["train"].extend(members[:n_train].tolist())
         out["validation"].extend(members[n_train:n_train + n_val].tolist())
         out["test"].extend(members[n_train + n_val:].tolist())
-    return {split: sorted(idx) for split, idx in out.items()}
+    # Classes interleaved in a seeded order: `--max_train_samples N` keeps the first N, which in class order
+    # would be one class only.
+    return {split: [idx[i] for i in rng.permutation(len(idx))] for split, idx in out.items()}
 
 
 class ProteinTask(TaskDefinition):

@@ -45,6 +45,10 @@ def test_real_thermoprot_split():
     record = task.data_record()
     assert record["classes"] == ["psychrophilic", "mesophilic", "thermophilic", "hyperthermophilic"]
     assert len(record["test"]) == 400 and not set(record["test"]) & set(record["train"])
+    # --max_train_samples keeps the first N: they must hold every class, not the first class file's sequences.
+    first = task.load_raw(DataArguments(task="thermoprot", data_dir=THERMOPROT, max_train_samples=200))["train"]
+    counts = first.to_pandas()["label"].value_counts().to_dict()
+    assert len(first) == 200 and set(counts) == {0, 1, 2, 3} and min(counts.values()) >= 30, counts
 
 
 def _hotprotein_dir(tmp_path, test_labels):
