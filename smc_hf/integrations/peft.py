@@ -15,20 +15,19 @@ Masks come from a `MaskSet`, a mask file, the `sparsity_masks.safetensors` besid
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.masks import MaskSet
 from ..core.selection import plain_name
 from ..core.zeros import count_zeros
 from ..io.mask_file import MASKS_FILE
+from ._peft_private import layer_variants, masked_lora_variant, set_variant
 
 logger = logging.getLogger(__name__)
 
@@ -95,80 +94,30 @@ def _masked_layers(peft_model: nn.Module, masks: dict[str, torch.Tensor]) -> dic
 
 
 # -- masked LoRA ----------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def masked_lora_variant() -> type:
-    """The `LoraVariant` subclass that masks the LoRA delta (built lazily: PEFT is imported only when used)."""
-    try:
-        from peft.tuners.lora.layer import LoraVariant
-    except ImportError as err:  # pragma: no cover - depends on the installed peft
-        raise ImportError("masked LoRA needs a peft release with LoRA variants (peft.tuners.lora.layer.LoraVariant)") from err
-
-    class MaskedLoraVariant(LoraVariant):
-        """Vanilla LoRA whose delta is multiplied by the base layer's keep-mask, in forward and in merges."""
-
-        def supports_lora_conversion(self) -> bool:
-            return False
-
-        @staticmethod
-        def init(module, adapter_name: str, **kwargs) -> None:
-            pass
-
-        @staticmethod
-        def delta(module, active_adapter: str) -> torch.Tensor:
-            return module.get_delta_weight(active_adapter) * module.sparsity_mask
-
-        @staticmethod
-        def merge_safe(module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-            return orig_weight + MaskedLoraVariant.delta(module, active_adapter).to(orig_weight.dtype)
-
-        @staticmethod
-        def merge_unsafe(module, active_adapter: str, orig_weight: torch.Tensor) -> None:
-            orig_weight.data += MaskedLoraVariant.delta(module, active_adapter).to(orig_weight.dtype)
-
-        @staticmethod
-        def unmerge(module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-            return orig_weight - MaskedLoraVariant.delta(module, active_adapter).to(orig_weight.dtype)
-
-        @staticmethod
-        def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
-            delta = MaskedLoraVariant.delta(module, active_adapter)
-            weight = delta.T if module.fan_in_fan_out else delta
-            out = F.linear(module.lora_dropout[active_adapter](x), weight.to(x.dtype))
-            if module.lora_bias.get(active_adapter, False):
-                out = out + module.lora_B[active_adapter].bias * module.scaling[active_adapter]
-            return result + out.to(result.dtype)
-
-    return MaskedLoraVariant
-
-
-def is_masked_lora(layer: nn.Module) -> bool:
-    variants = getattr(layer, "lora_variant", {})
-    return bool(variants) and all(isinstance(v, masked_lora_variant()) for v in variants.values())
-
-
 def mask_lora(peft_model: nn.Module, masks: MaskSource = None) -> int:
     """Mask the delta of every LoRA layer whose base weight is sparse; returns the number of layers masked.
 
     Call it after `get_peft_model` / `PeftModel.from_pretrained` and before training or merging. The masks
     are not saved with the adapter: call it again after loading the adapter.
     """
-    from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.tuners.lora import Linear as LoraLinear
 
-    variant = masked_lora_variant()()
+    variant_class = masked_lora_variant()
+    variant = variant_class()
     layers = _masked_layers(peft_model, base_masks(peft_model, masks))
     if not layers:
         raise ValueError("no adapter layer wraps a masked base weight; check the adapter's target_modules")
     for name, (layer, mask) in layers.items():
         if not isinstance(layer, LoraLinear):
             raise ValueError(f"masked adapters support LoRA Linear layers; {name} is wrapped by {type(layer).__name__}")
-        taken = [a for a, v in layer.lora_variant.items() if not isinstance(v, masked_lora_variant())]
+        taken = [a for a, v in layer_variants(layer).items() if not isinstance(v, variant_class)]
         if taken:
             raise ValueError(f"{name}: adapter(s) {taken} already use a LoRA variant (e.g. DoRA); cannot mask them")
         if layer.merged:
             raise ValueError(f"{name}: unmerge the adapter before masking it")
         layer.register_buffer("sparsity_mask", mask, persistent=False)
         for adapter in layer.lora_A:
-            layer.lora_variant[adapter] = variant
+            set_variant(layer, adapter, variant)
     return len(layers)
 
 
