@@ -33,6 +33,7 @@ from torch import nn
 
 from ..core.masks import MaskSet, _mul_, unwrap_optimizer
 from ..core.zeros import count_pruned
+from ._deepspeed_private import partition, partition_group, zero_stage
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +87,6 @@ def broadcast_masks(masks: MaskSet, from_process: int = 0) -> None:
     chunks = packed.split([math.prod(s) for s in shapes])
     masks.clear()
     masks.update({n: chunk.view(shape).bool() for n, chunk, shape in zip(names, chunks, shapes)})
-
-
-def reduce_scores(scores: dict[str, torch.Tensor], reduction: str = "mean") -> dict[str, torch.Tensor]:
-    """Scores averaged (or summed) over ranks, for criteria whose statistics each rank gathered on its own
-    batches outside DDP's backward; equal inputs on every rank make equal masks."""
-    from accelerate.utils import reduce
-
-    if num_processes() == 1:
-        return scores
-    return reduce(scores, reduction=reduction)
 
 
 # -- placements --------------------------------------------------------------------------------------------
@@ -334,7 +325,7 @@ class DeepSpeedPlacement(_LocalMasks):
     def _partition(self, param) -> tuple[int, int]:
         from deepspeed import comm
 
-        group = getattr(param, "ds_process_group", None)
+        group = partition_group(param)
         return comm.get_rank(group=group), comm.get_world_size(group=group)
 
     def _cut(self, masks: MaskSet) -> dict[str, torch.Tensor]:
@@ -343,7 +334,7 @@ class DeepSpeedPlacement(_LocalMasks):
         local = {}
         for name, mask in masks.masks.items():
             param = masks.params[name]
-            size = param.ds_tensor.numel()
+            size = partition(param).numel()
             rank, world = self._partition(param)
             flat = torch.zeros(size * world, dtype=torch.bool, device=mask.device)
             flat[: mask.numel()] = mask.reshape(-1)
@@ -353,7 +344,7 @@ class DeepSpeedPlacement(_LocalMasks):
     def local_weight_pairs(self, masks: MaskSet):
         local = self.local_masks(masks)
         if self.stage3:
-            return [(n, (masks.params[n].ds_tensor.data.view(-1), m)) for n, m in local.items()]
+            return [(n, (partition(masks.params[n]).data.view(-1), m)) for n, m in local.items()]
         return [(n, (masks.params[n].data, m)) for n, m in local.items()]
 
     @contextlib.contextmanager
@@ -427,10 +418,9 @@ def optimizer_state_keys(optimizer) -> list[str]:
 def placement_for(model: nn.Module) -> Optional[Placement]:
     """The placement of `model`'s weights, or None when every rank holds them whole (one process, DDP)."""
     params = list(model.parameters())
-    if any(hasattr(p, "ds_id") for p in params):
-        return DeepSpeedPlacement(model, stage3=True)
-    if any(hasattr(p, "_hp_mapping") for p in params):
-        return DeepSpeedPlacement(model, stage3=False)
+    stage = zero_stage(params)
+    if stage is not None:
+        return DeepSpeedPlacement(model, stage3=stage == 3)
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - torch without distributed
@@ -485,7 +475,7 @@ def agree_masks(masks: MaskSet) -> None:
         return
     logger.warning(
         "sparsity masks differ between ranks (ranks %s disagree with rank 0): taking rank 0's; a criterion used "
-        "rank-local data without reducing it (see smc_hf.integrations.distributed.reduce_scores)", differ,
+        "rank-local data without reducing it", differ,
     )
     broadcast_masks(masks, from_process=0)
     if masks.placement is None:
@@ -547,7 +537,6 @@ __all__ = [
     "optimizer_state_keys",
     "placement_for",
     "process_index",
-    "reduce_scores",
     "step_was_skipped",
     "unscale_gradients",
 ]
