@@ -48,7 +48,7 @@ from datasets import Dataset, DatasetDict
 
 from .arithmetic_model import ArithmeticSolver, ArithmeticSolverConfig
 from .gts_model import GTSConfig, GTSSolver
-from .base import DataArguments, DataError, ModelArguments, TaskDefinition, TwoRateAdamW, truncate
+from .base import DataArguments, DataError, ModelArguments, TaskDefinition, TwoRateAdamW, limited_splits
 from .epoch_schedule import EpochStepDecay
 from .io import csv_rows
 from .metrics import answer_accuracy, answer_hits, pool_folds
@@ -211,12 +211,8 @@ class ArithmeticTask(TaskDefinition):
         raise DataError(f"{data_dir}: no train.csv for {self.name} (looked in {candidates})")
 
     def load_raw(self, data: DataArguments, cache_dir: Optional[str] = None) -> DatasetDict:
-        splits = {}
-        for split, path in self._split_files(data).items():
-            rows = read_problems(path)
-            limit = data.max_train_samples if split == "train" else data.max_eval_samples
-            splits[split] = truncate(Dataset.from_list(rows), limit)
-        return DatasetDict(splits)
+        return limited_splits({split: Dataset.from_list(read_problems(path))
+                               for split, path in self._split_files(data).items()}, data)
 
     def load_model(self, model: ModelArguments, tokenizer, raw: DatasetDict):
         if model.decoder is not None and model.decoder not in DECODERS:

@@ -137,17 +137,14 @@ def load_hub_or_disk(name: str, config: Optional[str], cache_dir: Optional[str] 
     return load_dataset(name, config, cache_dir=cache_dir)
 
 
-def require_columns(data: Dataset, columns: list[str], source: str) -> None:
-    """Fail with the file (or split) and the missing column, before any preprocessing touches the data."""
-    missing = [c for c in columns if c not in data.column_names]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {missing}; found {data.column_names}")
-    if len(data) == 0:
-        raise DataError(f"{source}: the split is empty")
-
-
 def truncate(data: Dataset, limit: Optional[int]) -> Dataset:
     return data.select(range(min(limit, len(data)))) if limit is not None else data
+
+
+def limited_splits(splits: dict[str, Dataset], data: DataArguments) -> DatasetDict:
+    """The raw splits, "train" cut to `--max_train_samples` and every evaluation split to `--max_eval_samples`."""
+    return DatasetDict({split: truncate(d, data.max_train_samples if split == "train" else data.max_eval_samples)
+                        for split, d in splits.items()})
 
 
 #: A task refuses to train when more than this share of its sampled input tokens are the unknown token.

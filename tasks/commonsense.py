@@ -34,7 +34,7 @@ from typing import Any, Optional
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, truncate
+from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, limited_splits
 from .io import field, nonempty, read_json, read_jsonl
 from .metrics import accuracy
 from .winogrande_mlm import (MARGIN_ALPHA, MARGIN_BETA, MaskedSpanScoring, SpanCollator, encode_options,
@@ -71,12 +71,7 @@ class MultipleChoiceTask(TaskDefinition):
             splits = self._read_data_dir(data.data_dir)
         else:
             splits = self._read_hub(data, cache_dir)
-        if "train" in splits:
-            splits["train"] = truncate(splits["train"], data.max_train_samples)
-        for split in splits:
-            if split != "train":
-                splits[split] = truncate(splits[split], data.max_eval_samples)
-        return DatasetDict(splits)
+        return limited_splits(splits, data)
 
     def _read_file(self, path: str) -> Dataset:
         rows = [self.normalise_record(rec, _where(f"{path}:{lineno}", rec)) for lineno, rec in read_jsonl(path)]

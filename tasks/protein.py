@@ -48,7 +48,7 @@ from typing import Any, Optional
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, truncate
+from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, limited_splits
 from .epoch_schedule import EpochOneCycle
 from .io import csv_rows, read_json, read_jsonl, text_lines
 from .metrics import accuracy
@@ -214,9 +214,7 @@ class ProteinTask(TaskDefinition):
                                              f"{name}[{source}]", data) for split, source in wanted.items()}
         else:
             raise DataError(f"{self.name}: no Hub copy; pass --data_dir, --train_file or --dataset_name")
-        splits = {s: truncate(d, data.max_train_samples if s == "train" else data.max_eval_samples)
-                  for s, d in splits.items()}
-        return DatasetDict(splits)
+        return limited_splits(splits, data)
 
     def _read_files(self, data: DataArguments) -> dict[str, Dataset]:
         files = {"train": data.train_file, "validation": data.validation_file}

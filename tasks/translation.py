@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, truncate
+from .base import DataArguments, DataError, ModelArguments, TaskDefinition, load_hub_or_disk, limited_splits
 from .io import field, nonempty, read_jsonl
 from .metrics import bleu
 
@@ -102,10 +102,10 @@ class TranslationTask(TaskDefinition):
             splits = {split: self._read_fairseq_dir(data.data_dir, name) for split, name in _SPLIT_NAMES.items()}
         else:
             splits = self._read_hub(data.dataset_name or self.hub_id, cache_dir)
-        out = {"train": truncate(Dataset.from_list(splits["train"]), data.max_train_samples)} if "train" in splits else {}
+        out = {"train": Dataset.from_list(splits["train"])} if "train" in splits else {}
         for direction, rows in self._by_direction(splits.get("validation", [])).items():
-            out[direction] = truncate(Dataset.from_list(rows), data.max_eval_samples)
-        return DatasetDict(out)
+            out[direction] = Dataset.from_list(rows)
+        return limited_splits(out, data)
 
     def _by_direction(self, rows: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
         grouped: dict[str, list] = {}
