@@ -22,12 +22,14 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
+from .seeds import derived_seed
+
 logger = logging.getLogger(__name__)
 
 
 def calibration_seed(seed: int, round_idx: int, step: int) -> int:
     """A seed that differs between rounds and pruning steps of one run and is equal across its ranks."""
-    return (int(seed) * 1000003 + round_idx * 1009 + step) % (2**63)
+    return derived_seed(seed, round_idx * 1009 + step)
 
 
 def show_progress(args) -> Optional[bool]:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ..config import SparsityConfig
 from ..core.allocation import erk_keep_counts, ordered_keys
 from ..core.report import ModuleSparsity, SparsityReport
+from ..core.seeds import derived_seed
 from ..io.atomic import write_json
 from ..io.compressed import compress_folder, mark_compressed, remove_dense_files
 from ..io.folders import PARTIAL_MARKER, copy_auxiliary_files, staged_folder
@@ -218,7 +219,7 @@ def key_function(criterion: str, seed: int) -> Callable[[str, int, torch.Tensor]
         return chunk.abs().float().view(torch.int32)
 
     def random(name, index, chunk):
-        gen = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(name.encode()) * 131 + index) % (2**63))
+        gen = torch.Generator().manual_seed(derived_seed(seed, zlib.crc32(name.encode()) * 131 + index))
         return ordered_keys(torch.rand(chunk.numel(), generator=gen))
 
     magnitude.zero_is_lowest = True  # a weight is zero exactly when its key is 0
