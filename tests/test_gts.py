@@ -47,6 +47,7 @@ def mawps_batch(tmp_path_factory):
     task = get_task("mawps")
     raw = task.load_raw(DataArguments(task="mawps", data_dir=FOLD0, max_train_samples=6, max_eval_samples=2))
     questions = task.load_raw(DataArguments(task="mawps", data_dir=FOLD0))["train"]["question"]
+    torch.manual_seed(0)  # the encoder's random weights, whatever ran before this module
     path = tiny_roberta_dir(str(tmp_path_factory.mktemp("enc")), questions, head="encoder", vocab_size=600)
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(0)
@@ -85,22 +86,35 @@ def test_overfits_six_problems_and_beam_search_solves_them(mawps_batch):
         if isinstance(module, nn.Dropout):
             module.p = 0.0
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    vocab = model.config.output_vocab
+    gold = [gold_value(equation, numbers, answer)
+            for numbers, equation, answer in zip(raw["numbers"], raw["equation"], raw["answer"])]
+
+    def solved():
+        model.eval()
+        with torch.no_grad():
+            rows = model(**{k: v for k, v in batch.items() if k != "labels"}).predictions.tolist()
+        model.train()
+        tokens = [[vocab[i] for i in row if i >= 0] for row in rows]
+        assert all(is_complete_prefix(t) for t in tokens), tokens  # beam search emits complete expressions only
+        return [evaluate_prefix(t, numbers) for t, numbers in zip(tokens, raw["numbers"])]
+
     model.train()
     losses = []
-    for _ in range(160):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    # Fitting six problems takes 80-160 steps depending on floating-point summation order (thread count):
+    # train in rounds of 40 until beam search solves all six, at most 400 steps.
+    for _ in range(10):
+        for _ in range(40):
+            loss = model(**batch).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        answers = solved()
+        if all(abs(a - g) <= 1e-4 for a, g in zip(answers, gold)):
+            break
     assert losses[4] < losses[0] and losses[-1] < 0.05 * losses[0], losses[::10]
-    model.eval()
-    predictions = model(**{k: v for k, v in batch.items() if k != "labels"}).predictions
-    vocab = model.config.output_vocab
-    for row, numbers, equation, answer in zip(predictions.tolist(), raw["numbers"], raw["equation"], raw["answer"]):
-        tokens = [vocab[i] for i in row if i >= 0]
-        assert is_complete_prefix(tokens), tokens
-        assert evaluate_prefix(tokens, numbers) == pytest.approx(gold_value(equation, numbers, answer), abs=1e-4)
+    assert answers == pytest.approx(gold, abs=1e-4), (len(losses), answers, gold)
 
 
 def test_labels_must_be_complete_prefix_expressions_in_training():
