@@ -71,15 +71,16 @@ def snip(ctx: PruneContext, batches: int = 1, train_mode: bool = False) -> Score
     return exclude_pruned(ctx, scores)
 
 
-@CRITERIA.register("obert")
-def obert(
+@CRITERIA.register("obs")
+def obs(
     ctx: PruneContext, block_size: int = 1, num_grads: Optional[int] = None, damp: float = 1e-7,
     weight_update: bool = False,
 ) -> Scores:
-    """oBERT saliency (Kurtic et al. 2022): w^2 / (2 [F^-1]_qq) with F = damp * I + (1/m) sum g g^T, the
-    empirical Fisher of `num_grads` calibration gradients (None: one full pass), block-diagonal with blocks of
-    `block_size` consecutive weights; pruned weights' gradients are zeroed and dropout is off. With
-    `weight_update`, `compensate` applies the OBS update to the kept weights of each block."""
+    """Optimal Brain Surgeon saliency as oBERT computes it (Kurtic et al. 2022): w^2 / (2 [F^-1]_qq) with
+    F = damp * I + (1/m) sum g g^T, the empirical Fisher of `num_grads` calibration gradients (None: one full
+    pass), block-diagonal with blocks of `block_size` consecutive weights; pruned weights' gradients are zeroed
+    and dropout is off. With `weight_update`, `compensate` applies the OBS update to the kept weights of each
+    block."""
     params = dict(ctx.masks.named_parameters())
     fisher = BlockFisher(
         {n: p.shape for n, p in params.items()}, block_size, damp, device=next(iter(params.values())).device,

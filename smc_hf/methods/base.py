@@ -71,7 +71,8 @@ class SparsityMethod:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         unknown = sorted(set(cls.events) - set(STEP_EVENTS))
-        undeclared = [e for e in STEP_EVENTS if getattr(cls, e) is not getattr(SparsityMethod, e) and e not in cls.events]
+        overridden = [e for e in STEP_EVENTS if getattr(cls, e) is not getattr(SparsityMethod, e)]
+        undeclared = [e for e in overridden if e not in cls.events]
         if unknown or undeclared:
             raise TypeError(
                 f"{cls.__name__}.events = {sorted(cls.events)}: "

@@ -26,7 +26,7 @@ class _OBSPruning:
        `obert_block_size` consecutive weights (memory: see `smc_hf.core.fisher`). A sample is the gradient of one
        calibration batch, with dropout off and pruned weights' gradients zeroed; `obert_num_grads` None reads
        one full pass over the batches.
-    2. Weights are ranked by w^2 / (2 [F^-1]_qq) (the `obert` criterion), globally by default, what is already
+    2. Weights are ranked by w^2 / (2 [F^-1]_qq) (the `obs` criterion), globally by default, what is already
        pruned staying pruned. With block size 1 this is w^2 (damp + mean g^2) / 2.
     3. With `obert_weight_update`, the kept weights of each block absorb the change that best preserves the loss
        under the quadratic model (the OBS update); without it, the pruned weights are only masked.
@@ -38,7 +38,7 @@ class _OBSPruning:
     default_block_size: ClassVar[int]
     default_num_grads: ClassVar[Optional[int]]
     default_weight_update: ClassVar[bool]
-    criterion = "obert"
+    criterion = "obs"
     #: A Fisher pass is costly: a target the masks already reach is not rescored.
     skip_reached_targets = True
     one_shot_capable = True
@@ -58,7 +58,7 @@ class _OBSPruning:
         return self.default_weight_update if update is None else bool(update)
 
     def criterion_options(self, criterion: str) -> dict[str, Any]:
-        if criterion != "obert":
+        if criterion != "obs":
             return super().criterion_options(criterion)
         return {"block_size": self.block_size, "num_grads": self.num_grads, "damp": self.config.obert_damp,
                 "weight_update": self.weight_update}
