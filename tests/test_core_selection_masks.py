@@ -66,6 +66,47 @@ def test_mask_application_zeroes_weights_grads_and_optimizer_state():
         assert bool((tensor[keep] != 0).all())
 
 
+class _ByVersion:
+    """A stand-in placement that masks whole tensors with the masks of the current version, as the sharded
+    placements do with the local masks they cut per version."""
+
+    def apply_to_weights(self, masks):
+        with torch.no_grad():
+            for _, param, mask in masks.masked():
+                param.mul_(mask)
+
+    def apply_to_optimizer(self, masks, optimizer):
+        for _, param, mask in masks.masked():
+            for value in optimizer.state[param].values():
+                if torch.is_tensor(value) and value.shape == mask.shape:
+                    value.mul_(mask)
+
+
+@pytest.mark.parametrize("placed", [False, True])
+def test_restarted_positions_are_kept_but_zeroed_once_with_their_optimizer_state(placed):
+    model = nn.Linear(4, 3, bias=False)
+    masks = MaskSet({"weight": model.weight})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    masks.placement = _ByVersion() if placed else None
+    keep = torch.ones(3, 4, dtype=torch.bool)
+    keep[0, 0] = False
+    grown = torch.zeros(3, 4, dtype=torch.bool)
+    grown[1, 1] = True
+    masks.set("weight", keep, restart=grown)
+    masks.apply(opt)
+    assert torch.equal(masks.mask("weight"), keep)  # the restarted position stays kept
+    zero = ~keep | grown
+    assert bool((model.weight[zero] == 0).all()) and bool((model.weight[~zero] != 0).all())
+    buffer = opt.state[model.weight]["momentum_buffer"]
+    assert bool((buffer[zero] == 0).all()) and bool((buffer[~zero] != 0).all())
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    masks.apply(opt)  # once: a later application zeroes only what the mask prunes
+    assert int((model.weight == 0).sum()) == 1
+
+
 def test_masks_round_trip_through_safetensors(tmp_path):
     layer, masks, keep = _masked_linear()
     masks.save(str(tmp_path / "m.safetensors"))

@@ -64,5 +64,20 @@ def test_a_registered_method_reaches_every_layer(keep_largest, tmp_path):
     assert method_style(keep_largest) == ("#123456", "d")
 
 
+def test_a_method_must_declare_the_step_events_it_overrides():
+    with pytest.raises(TypeError, match=r"overrides \['after_optimizer_step'\] without listing them"):
+        class Silent(SparsityMethod):
+            def after_optimizer_step(self, ctx):
+                pass
+
+    class Declared(SparsityMethod):
+        events = frozenset({"after_optimizer_step"})
+
+        def after_optimizer_step(self, ctx):
+            pass
+
+    assert Declared.events == {"after_optimizer_step"}
+
+
 def test_unregistered_after_the_test():
     assert "keep_largest" not in METHODS

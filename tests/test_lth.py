@@ -22,24 +22,25 @@ def _snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def _record_rounds(method):
-    """Per round: the trained weights it started from and the weights and masks right after it began."""
+def _record_rounds(callback):
+    """Per round: the trained weights it started from and the weights and masks right after it began (the
+    callback's round start, where the method prunes and rewinds and the masks are applied)."""
     rounds = []
-    begin, end = method.on_round_begin, method.on_round_end
+    begin, end = callback.on_train_begin, callback.on_train_end
     trained = {}
 
-    def on_round_begin(ctx):
+    def on_train_begin(args, state, control, model=None, **kwargs):
         before = dict(trained)
-        begin(ctx)
-        rounds.append(dict(round=ctx.round, trained=before, weights=_snapshot(ctx.model),
-                           masks={n: m.clone() for n, m in ctx.masks.masks.items()}))
+        begin(args, state, control, model=model, **kwargs)
+        rounds.append(dict(round=callback.round, trained=before, weights=_snapshot(model),
+                           masks={n: m.clone() for n, m in callback.masks.masks.items()}))
 
-    def on_round_end(ctx):
-        end(ctx)
+    def on_train_end(args, state, control, model=None, **kwargs):
+        end(args, state, control, model=model, **kwargs)
         trained.clear()
-        trained.update(_snapshot(ctx.model))
+        trained.update(_snapshot(model))
 
-    method.on_round_begin, method.on_round_end = on_round_begin, on_round_end
+    callback.on_train_begin, callback.on_train_end = on_train_begin, on_train_end
     return rounds
 
 
@@ -56,7 +57,7 @@ def test_each_round_prunes_rate_of_the_rest_by_magnitude_and_rewinds_to_the_star
     model = tiny_roberta()
     start = _snapshot(model)
     trainer = _trainer(tmp_path / "out", cfg, model=model)
-    rounds = _record_rounds(trainer.sparsity_callback.method)
+    rounds = _record_rounds(trainer.sparsity_callback)
     trainer.train()
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
     selected = list(trainer.sparsity_callback.masks.params)
@@ -84,7 +85,7 @@ def test_late_rewinding_returns_to_the_weights_after_k_steps(tmp_path):
     cfg = SparsityConfig(method="lth", sparsity=0.2, rewind_step=2)
     trainer = _trainer(tmp_path / "out", cfg)
     method = trainer.sparsity_callback.method
-    rounds = _record_rounds(method)
+    rounds = _record_rounds(trainer.sparsity_callback)
     after = method.after_optimizer_step
     at_step = {}
 
@@ -159,7 +160,7 @@ def test_without_rewinding_each_round_continues_from_the_pruned_trained_weights(
     """lth_rewind=False: the release's ESM-1b LTH (learning-rate rewinding only)."""
     cfg = SparsityConfig(method="lth", sparsity=1 - 0.8**2, lth_rewind=False)
     trainer = _trainer(tmp_path / "out", cfg)
-    rounds = _record_rounds(trainer.sparsity_callback.method)
+    rounds = _record_rounds(trainer.sparsity_callback)
     trainer.train()
     for r in rounds[1:]:
         for name, value in r["weights"].items():

@@ -117,6 +117,8 @@ def test_skipped_fp16_steps_do_not_advance_the_sparsity_schedule(tmp_path):
 class GradientProbe(GMP):
     """GMP that records the first selected weight's gradient as a method reading gradients sees it."""
 
+    events = GMP.events | {"before_optimizer_step"}
+
     def __init__(self, config):
         super().__init__(config)
         self.seen = []

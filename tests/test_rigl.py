@@ -13,12 +13,15 @@ from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 
 class UpdateRecorder:
-    """Wraps the method's step events to keep what an update saw and left behind."""
+    """Wraps the method's events to keep what an update saw, and the callback's step event (where the masks are
+    applied) to keep what it left behind."""
 
-    def __init__(self, method):
+    def __init__(self, callback):
+        method = callback.method
         self.updates, self.initial = [], None
-        self._dense = None
+        self._dense = self._before = None
         begin, before, after = method.on_round_begin, method.before_optimizer_step, method.after_optimizer_step
+        applied = callback.on_optimizer_step
 
         def on_round_begin(ctx):
             begin(ctx)
@@ -31,21 +34,29 @@ class UpdateRecorder:
         def after_optimizer_step(ctx):
             old = {n: m.clone() for n, m in ctx.masks.masks.items()}
             weights = {n: p.detach().clone() for n, p in ctx.masks.params.items()}
+            self._before = (ctx.step, old, weights)
             after(ctx)
-            if method.is_update(ctx.step):
-                state = unwrap_optimizer(ctx.optimizer).state
-                self.updates.append(dict(
-                    step=ctx.step, old=old, weights=weights, dense=self._dense,
-                    new={n: m.clone() for n, m in ctx.masks.masks.items()},
-                    params={n: p.detach().clone() for n, p in ctx.masks.params.items()},
-                    grads={n: p.grad.detach().clone() for n, p in ctx.masks.params.items()},
-                    state={n: {k: v.clone() for k, v in state[p].items() if torch.is_tensor(v) and v.shape == p.shape}
-                           for n, p in ctx.masks.params.items()},
-                ))
+
+        def on_optimizer_step(args, state, control, optimizer=None, **kwargs):
+            self._before = None
+            applied(args, state, control, optimizer=optimizer, **kwargs)
+            if self._before is None or not method.is_update(self._before[0]):
+                return
+            (step, old, weights), masks = self._before, callback.masks
+            opt_state = unwrap_optimizer(optimizer).state
+            self.updates.append(dict(
+                step=step, old=old, weights=weights, dense=self._dense,
+                new={n: m.clone() for n, m in masks.masks.items()},
+                params={n: p.detach().clone() for n, p in masks.params.items()},
+                grads={n: p.grad.detach().clone() for n, p in masks.params.items()},
+                state={n: {k: v.clone() for k, v in opt_state[p].items() if torch.is_tensor(v) and v.shape == p.shape}
+                       for n, p in masks.params.items()},
+            ))
 
         method.on_round_begin = on_round_begin
         method.before_optimizer_step = before_optimizer_step
         method.after_optimizer_step = after_optimizer_step
+        callback.on_optimizer_step = on_optimizer_step
 
 
 def _train(tmp_path, cfg, **overrides):
@@ -53,7 +64,7 @@ def _train(tmp_path, cfg, **overrides):
     defaults.update(overrides)
     trainer = SparseTrainer(model=tiny_roberta(), args=training_args(tmp_path, **defaults),
                             train_dataset=ToyClassification(), sparsity_config=cfg)
-    recorder = UpdateRecorder(trainer.sparsity_callback.method)
+    recorder = UpdateRecorder(trainer.sparsity_callback)
     trainer.train()
     return trainer, recorder
 

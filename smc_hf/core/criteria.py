@@ -1,49 +1,64 @@
-"""Where scores come from: one float score per selected weight, higher means more worth keeping."""
+"""Where scores come from: one float score per selected weight, higher means more worth keeping.
+
+Every criterion has one signature, `criterion(ctx, **options) -> Scores`: the options are the criterion's own
+knobs (SNIP's number of batches, oBERT's block size), which a method supplies from its config through
+`SparsityMethod.criterion_options`. A criterion that can also repair the weights it keeps (oBERT's OBS update)
+says so with `Scores.compensate`, which the method calls with the allocated keep-masks.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from .calibration import calibration_gradients, calibration_seed, show_progress
 from .context import PruneContext
+from .fisher import BlockFisher
 from .registry import Registry
 
-Criterion = Callable[[PruneContext], dict[str, torch.Tensor]]
+
+class Scores(dict):
+    """Scores by parameter name; `compensate(keep)`, when set, adjusts the kept weights once the masks are
+    chosen (before they are applied)."""
+
+    compensate: Optional[Callable[[dict[str, torch.Tensor]], None]] = None
+
+
+Criterion = Callable[..., Scores]
 CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
-def exclude_pruned(ctx: PruneContext, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def exclude_pruned(ctx: PruneContext, scores: dict[str, torch.Tensor]) -> Scores:
     """Rank already-pruned positions lowest, so pruning is monotone (what is pruned stays pruned)."""
     for name, score in scores.items():
-        mask = ctx.masks.masks.get(name)
+        mask = ctx.masks.mask(name)
         if mask is not None:
             score.masked_fill_(~mask, float("-inf"))
-    return scores
+    return Scores(scores)
 
 
 @CRITERIA.register("magnitude")
 @torch.no_grad()
-def magnitude(ctx: PruneContext) -> dict[str, torch.Tensor]:
+def magnitude(ctx: PruneContext) -> Scores:
     """|w|: the criterion of OMP, GMP and LTH."""
-    return exclude_pruned(ctx, {n: p.detach().abs().float() for n, p in ctx.masks.params.items()})
+    return exclude_pruned(ctx, {n: p.detach().abs().float() for n, p in ctx.masks.named_parameters()})
 
 
 @CRITERIA.register("random")
 @torch.no_grad()
-def random(ctx: PruneContext) -> dict[str, torch.Tensor]:
+def random(ctx: PruneContext) -> Scores:
     """Uniform random scores from a generator seeded by the run's seed and the round, so masks reproduce."""
     gen = torch.Generator().manual_seed(int(ctx.seed) * 1000003 + ctx.round)
-    scores = {n: torch.rand(p.shape, generator=gen).to(p.device) for n, p in ctx.masks.params.items()}
+    scores = {n: torch.rand(p.shape, generator=gen).to(p.device) for n, p in ctx.masks.named_parameters()}
     return exclude_pruned(ctx, scores)
 
 
 @CRITERIA.register("snip")
-def snip(ctx: PruneContext, batches: int = 1, train_mode: bool = False) -> dict[str, torch.Tensor]:
+def snip(ctx: PruneContext, batches: int = 1, train_mode: bool = False) -> Scores:
     """SNIP connection sensitivity (Lee et al. 2019): |grad * w| of the task loss, summed over `batches`
     calibration batches (one per batch, then added), at the current weights; `train_mode` keeps dropout on."""
-    params = ctx.masks.params
+    params = dict(ctx.masks.named_parameters())
     scores = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
     gradients = calibration_gradients(
         ctx.model, params, ctx.dataloader, batches, seed=calibration_seed(ctx.seed, ctx.round, ctx.step),
@@ -56,15 +71,49 @@ def snip(ctx: PruneContext, batches: int = 1, train_mode: bool = False) -> dict[
     return exclude_pruned(ctx, scores)
 
 
+@CRITERIA.register("obs")
+def obs(
+    ctx: PruneContext, block_size: int = 1, num_grads: Optional[int] = None, damp: float = 1e-7,
+    weight_update: bool = False,
+) -> Scores:
+    """Optimal Brain Surgeon saliency as oBERT computes it (Kurtic et al. 2022): w^2 / (2 [F^-1]_qq) with
+    F = damp * I + (1/m) sum g g^T, the empirical Fisher of `num_grads` calibration gradients (None: one full
+    pass), block-diagonal with blocks of `block_size` consecutive weights; pruned weights' gradients are zeroed
+    and dropout is off. With `weight_update`, `compensate` applies the OBS update to the kept weights of each
+    block."""
+    params = dict(ctx.masks.named_parameters())
+    fisher = BlockFisher(
+        {n: p.shape for n, p in params.items()}, block_size, damp, device=next(iter(params.values())).device,
+    )
+    for grads in calibration_gradients(
+        ctx.model, params, ctx.dataloader, num_grads,
+        seed=calibration_seed(ctx.seed, ctx.round, ctx.step), masks=ctx.masks.mask_dict(), require_all=False,
+        what="oBERT Fisher", progress=show_progress(ctx.args),
+    ):
+        fisher.add(grads)
+        del grads
+    fisher.finalize()
+    scores = exclude_pruned(ctx, {n: fisher.saliency(n, p) for n, p in params.items()})
+    if weight_update:
+        @torch.no_grad()
+        def compensate(keep: dict[str, torch.Tensor]) -> None:
+            for name, mask in keep.items():
+                fisher.obs_update_(name, params[name].data, mask)
+                fisher.release(name)
+
+        scores.compensate = compensate
+    return scores
+
+
 @CRITERIA.register("gradient")
 @torch.no_grad()
-def gradient(ctx: PruneContext) -> dict[str, torch.Tensor]:
+def gradient(ctx: PruneContext) -> Scores:
     """|grad| of the gradients in `.grad` (RigL's growth score). Pruned positions are not excluded: they are
     where growth looks. Valid in `before_optimizer_step`, where the dense gradients of the step are present."""
-    if all(p.grad is None for p in ctx.masks.params.values()):
+    params = dict(ctx.masks.named_parameters())
+    if all(p.grad is None for p in params.values()):
         raise ValueError("the gradient criterion needs gradients in .grad; use it in before_optimizer_step")
-    return {
+    return Scores({
         n: p.grad.detach().abs().float() if p.grad is not None else torch.zeros(p.shape, device=p.device)
-        for n, p in ctx.masks.params.items()
-    }
-
+        for n, p in params.items()
+    })

@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 
 from ..io.mask_file import MASKS_FILE, read_masks, save_masks
 from .selection import plain_name, select_parameters
-from .zeros import count_pruned, count_zeros
+from .zeros import count_pruned, count_zeros, total_pruned
 
 
 def _mul_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
@@ -64,6 +64,8 @@ class MaskSet:
         self.placement = None
         #: Changes whenever a mask is set or cleared, so derived (sharded) masks are never stale.
         self.version = 0
+        #: Kept positions to zero (weights and optimizer state) at the next `apply`: connections that start anew.
+        self._restart: dict[str, torch.Tensor] = {}
 
     @classmethod
     def for_model(cls, model: nn.Module, targets=None, ignore=None, selection: str = "default") -> "MaskSet":
@@ -89,12 +91,37 @@ class MaskSet:
     def is_dense(self) -> bool:
         return not self.masks
 
+    # -- reading ---------------------------------------------------------------------------------------
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of every selected weight, in selection order."""
+        return iter(self.params.items())
+
+    def masked(self) -> Iterator[tuple[str, nn.Parameter, torch.Tensor]]:
+        """(name, parameter, keep-mask) of every weight that has a mask, in the order the masks were set."""
+        return ((name, self.params[name], mask) for name, mask in self.masks.items())
+
+    def mask(self, name: str) -> Optional[torch.Tensor]:
+        """The keep-mask of `name`, or None while it is dense."""
+        return self.masks.get(name)
+
+    def mask_dict(self) -> dict[str, torch.Tensor]:
+        """The current keep-masks by name (the tensors themselves, not copies: do not modify them)."""
+        return dict(self.masks)
+
+    def pruned(self) -> int:
+        """Weights the masks prune, over all selected weights."""
+        return total_pruned(self.masks.values())
+
     # -- setting masks ---------------------------------------------------------------------------------
-    def set(self, name: str, mask: torch.Tensor) -> None:
+    def set(self, name: str, mask: torch.Tensor, restart: Optional[torch.Tensor] = None) -> None:
+        """Replace the keep-mask of `name`. `restart` marks kept positions that start anew at the next `apply`:
+        their weights and optimizer state are zeroed once (RigL's grown connections)."""
         param = self.params[name]
         if tuple(mask.shape) != self.shapes[name]:
             raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {self.shapes[name]}")
         self.masks[name] = mask.to(device=param.device, dtype=torch.bool)
+        if restart is not None:
+            self._restart[name] = restart.to(device=param.device, dtype=torch.bool)
         self.version += 1
 
     def update(self, masks: dict[str, torch.Tensor]) -> None:
@@ -103,6 +130,7 @@ class MaskSet:
 
     def clear(self) -> None:
         self.masks.clear()
+        self._restart.clear()
         self.version += 1
 
     # -- applying --------------------------------------------------------------------------------------
@@ -147,8 +175,33 @@ class MaskSet:
         _mul_(tensors, masks)
 
     def apply(self, optimizer=None) -> None:
+        """Mask weights and optimizer state, and zero the positions marked to restart (see `set`)."""
         self.apply_to_weights()
         self.apply_to_optimizer(optimizer)
+        if self._restart:
+            self._zero_restarts(optimizer)
+
+    @torch.no_grad()
+    def _zero_restarts(self, optimizer) -> None:
+        restart, self._restart = self._restart, {}
+        if self.placement is not None:  # through the placement: apply once more with the restarts masked out
+            final = {name: self.masks[name] for name in restart}
+            self.masks.update({name: final[name] & ~positions for name, positions in restart.items()})
+            self.version += 1
+            try:
+                self.apply_to_weights()
+                self.apply_to_optimizer(optimizer)
+            finally:
+                self.masks.update(final)
+                self.version += 1
+            return
+        state = unwrap_optimizer(optimizer).state if optimizer is not None else {}
+        for name, positions in restart.items():
+            param = self.params[name]
+            param.data.masked_fill_(positions, 0.0)
+            for value in (state.get(param) or {}).values():
+                if torch.is_tensor(value) and value.shape == positions.shape:
+                    value.masked_fill_(positions, 0)
 
     # -- statistics ------------------------------------------------------------------------------------
     def mask_zeros(self) -> dict[str, int]:
@@ -201,6 +254,7 @@ class MaskSet:
                 "(SparsityConfig ignore=[regex, ...] or targets=[...])"
             )
         self.masks.clear()
+        self._restart.clear()
         self.update(masks)
 
     def save(self, path: str) -> None:

@@ -75,3 +75,39 @@ class GradualSchedule:
         first = max(self.every, math.ceil(self.begin / self.every) * self.every)
         steps = list(range(first, self.end, self.every))
         return steps + [self.end] if self.exact_end else steps
+
+
+@dataclass
+class PeriodicSchedule:
+    """Mask updates at every multiple of `every` up to and including `end` (RigL's: SMC-Bench's release updates
+    from the first interval on, through the last step by default)."""
+
+    end: int
+    every: int
+
+    @classmethod
+    def from_config(cls, config, max_steps: int, name: str) -> "PeriodicSchedule":
+        end = max_steps if config.end_step is None else resolve_step(config.end_step, max_steps, 1.0, "end_step")
+        every = config.update_every or default_interval(max_steps)
+        if every > end:
+            raise ValueError(
+                f"{name} would never update the mask: update_every = {every} steps is past end_step "
+                f"(step {end} of {max_steps}); lower update_every or move end_step later (the tasks set "
+                "the release's interval for their full-length runs: a shorter run passes --sparsity_update_every)"
+            )
+        return cls(end, every)
+
+    def is_update(self, step: int) -> bool:
+        return 0 < step <= self.end and step % self.every == 0
+
+    def events(self) -> list[int]:
+        """Every update step, in order."""
+        return list(range(self.every, self.end + 1, self.every))
+
+
+def cosine_decay(step: int, end: int, initial: float, final: float = 0.005) -> float:
+    """The release's CosineDecay of RigL's drop fraction: final + (initial - final) * (1 + cos(pi * t / end)) / 2,
+    `final` from `end` on."""
+    if step >= end:
+        return final
+    return final + (initial - final) * (1.0 + math.cos(math.pi * step / end)) / 2.0

@@ -1,8 +1,9 @@
 """`SparsityMethod`: an algorithm as a composition of criterion x distribution x schedule.
 
-The callback asks a method, at each Trainer event, whether and how to change masks; the method answers
-by calling `prune_to`, which scores (criteria.py), allocates (allocation.py) and hands the masks to the
-`MaskSet`, the only object that touches weights.
+The callback asks a method, at each Trainer event it declares (`events`), whether and how to change masks;
+the method answers by calling `prune_to`, which scores (criteria.py), allocates (allocation.py) and sets the
+masks on the `MaskSet`. Methods only decide: the callback (or `prune_model`) applies the masks to weights,
+gradients and optimizer state once per event, through the `MaskSet`, on every backend.
 """
 
 from __future__ import annotations
@@ -27,8 +28,18 @@ class Legend:
     marker: str
 
 
+#: The events a method may act on besides `on_round_begin` (which always runs, once per round). The callback
+#: calls only those a method lists in `events`, and gathers sharded weights only for them.
+STEP_EVENTS = ("before_optimizer_step", "after_optimizer_step", "on_round_end")
+
+
 class SparsityMethod:
     name: ClassVar[str] = ""
+    #: Which of `STEP_EVENTS` the method acts on; a class that overrides one of them must list it.
+    events: ClassVar[frozenset[str]] = frozenset()
+    #: Skip scoring when the masks already prune as many weights as a target asks: for criteria too costly to
+    #: rerun for nothing (oBERT's Fisher pass). Without it a repeated target rescores and keeps the same masks.
+    skip_reached_targets: ClassVar[bool] = False
     #: "before", "during" or "after" training: when the benchmark's legend says the mask is found.
     timing: ClassVar[str] = "before"
     criterion: ClassVar[str] = "magnitude"
@@ -56,6 +67,19 @@ class SparsityMethod:
     #: legends of its `name:initial_mask` specs.
     legend: ClassVar[Optional[Legend]] = None
     initial_mask_legends: ClassVar[dict[str, Legend]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        unknown = sorted(set(cls.events) - set(STEP_EVENTS))
+        overridden = [e for e in STEP_EVENTS if getattr(cls, e) is not getattr(SparsityMethod, e)]
+        undeclared = [e for e in overridden if e not in cls.events]
+        if unknown or undeclared:
+            raise TypeError(
+                f"{cls.__name__}.events = {sorted(cls.events)}: "
+                + (f"{unknown} are not events (they are {', '.join(STEP_EVENTS)}); " if unknown else "")
+                + (f"it overrides {undeclared} without listing them, so the callback would never call them; "
+                   f"declare events = frozenset({sorted(set(cls.events) | set(undeclared))})" if undeclared else "")
+            )
 
     def __init__(self, config):
         self.config = config
@@ -96,17 +120,27 @@ class SparsityMethod:
         )
 
     # -- the shared mechanics --------------------------------------------------------------------------
-    def prune_to(
-        self, ctx: PruneContext, sparsity: float, criterion: str | None = None, scores: dict | None = None
-    ) -> None:
-        """Mask the lowest-scored weights down to `sparsity`. `scores` stands in for the criterion when the method
-        computed them itself (e.g. with options from its config, such as SNIP's number of batches)."""
-        if scores is None:
-            scores = CRITERIA.get(criterion or self.criterion)(ctx)
+    def criterion_options(self, criterion: str) -> dict[str, Any]:
+        """The keyword options `criterion` is called with, from this method's config."""
+        if criterion == "snip":
+            return {"batches": self.config.snip_batches, "train_mode": self.config.snip_train_mode}
+        return {}
+
+    def prune_to(self, ctx: PruneContext, sparsity: float, criterion: str | None = None) -> None:
+        """Set masks that prune the lowest-scored weights down to `sparsity` (scored by `criterion`, default the
+        method's own); the caller applies them."""
+        if self.skip_reached_targets and round(sparsity * ctx.masks.numel()) <= ctx.masks.pruned():
+            self.current_sparsity = max(self.current_sparsity, sparsity)
+            return
+        name = criterion or self.criterion
+        scores = CRITERIA.get(name)(ctx, **self.criterion_options(name))
+        compensate = getattr(scores, "compensate", None)
         masks = allocate(scores, sparsity, self.distribution, erk_power_scale=self.config.erk_power_scale)
         del scores
+        if compensate is not None:
+            compensate(masks)
+            del compensate
         ctx.masks.update(masks)
-        ctx.masks.apply(ctx.optimizer)
         self.current_sparsity = sparsity
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ class GMP(SparsityMethod):
     """
 
     timing = "during"
+    events = frozenset({"after_optimizer_step"})
     legend = Legend("GMP (During)", 4, "#2ca02c", "D")
     #: The release's initial_prune_time and final_prune_time, as fractions of training.
     default_begin = 0.1

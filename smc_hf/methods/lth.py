@@ -54,6 +54,7 @@ class LTH(SparsityMethod):
     """
 
     timing = "after"
+    events = frozenset({"after_optimizer_step"})
     legend = Legend("LTH (After)", 1, "#d62728", "o")
     rounds_are_tickets = True
 
@@ -134,8 +135,7 @@ class LTH(SparsityMethod):
                 "written in round 0 (its output folder), which must be kept until the last round has started"
             )
         device = next(ctx.model.parameters()).device
-        load_model(ctx.model, path, strict=True, device=str(device))
-        ctx.masks.apply(ctx.optimizer)
+        load_model(ctx.model, path, strict=True, device=str(device))  # dense: the callback masks it after the event
 
     # -- resume --------------------------------------------------------------------------------------------
     def state_dict(self):

@@ -10,16 +10,9 @@ Two variants share the pruning step:
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
-import torch
-
-from ..core.allocation import allocate
-from ..core.calibration import calibration_gradients, calibration_seed, show_progress
 from ..core.context import PruneContext
-from ..core.criteria import exclude_pruned
-from ..core.fisher import BlockFisher
-from ..core.zeros import total_pruned
 from .base import Legend
 from .gradual import GMP
 from .one_shot import _OneShotAfter
@@ -33,8 +26,8 @@ class _OBSPruning:
        `obert_block_size` consecutive weights (memory: see `smc_hf.core.fisher`). A sample is the gradient of one
        calibration batch, with dropout off and pruned weights' gradients zeroed; `obert_num_grads` None reads
        one full pass over the batches.
-    2. Weights are ranked by w^2 / (2 [F^-1]_qq), globally by default, what is already pruned staying pruned.
-       With block size 1 this is w^2 (damp + mean g^2) / 2.
+    2. Weights are ranked by w^2 / (2 [F^-1]_qq) (the `obs` criterion), globally by default, what is already
+       pruned staying pruned. With block size 1 this is w^2 (damp + mean g^2) / 2.
     3. With `obert_weight_update`, the kept weights of each block absorb the change that best preserves the loss
        under the quadratic model (the OBS update); without it, the pruned weights are only masked.
 
@@ -45,6 +38,9 @@ class _OBSPruning:
     default_block_size: ClassVar[int]
     default_num_grads: ClassVar[Optional[int]]
     default_weight_update: ClassVar[bool]
+    criterion = "obs"
+    #: A Fisher pass is costly: a target the masks already reach is not rescored.
+    skip_reached_targets = True
     one_shot_capable = True
     needs_data = True
 
@@ -61,37 +57,11 @@ class _OBSPruning:
         update = self.config.obert_weight_update
         return self.default_weight_update if update is None else bool(update)
 
-    def prune_to(self, ctx: PruneContext, sparsity: float, criterion=None, scores=None) -> None:
-        masks = ctx.masks
-        already = total_pruned(masks.masks.values())
-        if round(sparsity * masks.numel()) <= already:
-            self.current_sparsity = max(self.current_sparsity, sparsity)
-            return
-        params = masks.params
-        fisher = BlockFisher(
-            {n: p.shape for n, p in params.items()}, self.block_size, self.config.obert_damp,
-            device=next(iter(params.values())).device,
-        )
-        for grads in calibration_gradients(
-            ctx.model, params, ctx.dataloader, self.num_grads,
-            seed=calibration_seed(ctx.seed, ctx.round, ctx.step), masks=masks.masks, require_all=False,
-            what="oBERT Fisher", progress=show_progress(ctx.args),
-        ):
-            fisher.add(grads)
-            del grads
-        fisher.finalize()
-        scores = exclude_pruned(ctx, {n: fisher.saliency(n, p) for n, p in params.items()})
-        keep = allocate(scores, sparsity, self.distribution, erk_power_scale=self.config.erk_power_scale)
-        del scores
-        if self.weight_update:
-            with torch.no_grad():
-                for name, mask in keep.items():
-                    fisher.obs_update_(name, params[name].data, mask)
-                    fisher.release(name)
-        del fisher
-        masks.update(keep)
-        masks.apply(ctx.optimizer)
-        self.current_sparsity = sparsity
+    def criterion_options(self, criterion: str) -> dict[str, Any]:
+        if criterion != "obs":
+            return super().criterion_options(criterion)
+        return {"block_size": self.block_size, "num_grads": self.num_grads, "damp": self.config.obert_damp,
+                "weight_update": self.weight_update}
 
     def one_shot(self, ctx: PruneContext) -> None:
         self.prune_to(ctx, self.config.sparsity)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-
 from ..core.context import PruneContext
-from ..core.zeros import total_pruned
 from ..io.mask_file import MASKS_FILE
 from .base import Legend, SparsityMethod
 from .registry import METHODS
@@ -62,9 +60,8 @@ class Fixed(SparsityMethod):
                     "method 'fixed': no %s beside the model (%r); taking the mask from the weights that are "
                     "exactly zero", MASKS_FILE, source,
                 )
-                ctx.masks.update({n: p.detach() != 0 for n, p in ctx.masks.params.items()})
-        zeros = total_pruned(ctx.masks.masks.values())
-        self.current_sparsity = zeros / ctx.masks.numel()
+                ctx.masks.update({n: p.detach() != 0 for n, p in ctx.masks.named_parameters()})
+        self.current_sparsity = ctx.masks.pruned() / ctx.masks.numel()
 
     one_shot = on_round_begin
 

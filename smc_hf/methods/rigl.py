@@ -11,21 +11,14 @@ import torch
 from ..core.allocation import ordered_keys, prune_lowest
 from ..core.context import PruneContext
 from ..core.criteria import CRITERIA
-from ..core.masks import unwrap_optimizer
-from ..core.schedules import default_interval, resolve_step
+from ..core.schedules import PeriodicSchedule
+from ..core.schedules import cosine_decay as drop_fraction_at
 from .base import Legend, SparsityMethod
 from .registry import METHODS
 
 logger = logging.getLogger(__name__)
 
 INITS = {"omp": "magnitude", "snip": "snip", "random": "random"}
-
-
-def drop_fraction_at(step: int, end: int, initial: float, final: float = 0.005) -> float:
-    """The release's CosineDecay: final + (initial - final) * (1 + cos(pi * t / end)) / 2, `final` from `end` on."""
-    if step >= end:
-        return final
-    return final + (initial - final) * (1.0 + math.cos(math.pi * step / end)) / 2.0
 
 
 def drop_count(active: int, inactive: int, fraction: float) -> int:
@@ -60,6 +53,7 @@ class RigL(SparsityMethod):
     """
 
     timing = "before"
+    events = frozenset({"before_optimizer_step", "after_optimizer_step"})
     initial_masks = tuple(INITS)
     initial_mask_legends = {
         "snip": Legend("SNIP+RIGL (Before)", 6, "#8c564b", "<"),
@@ -84,29 +78,20 @@ class RigL(SparsityMethod):
             raise ValueError("rigl updates the mask from the first step on; begin_step is not used, leave it unset")
 
     def setup(self, ctx: PruneContext) -> None:
-        self.end = ctx.max_steps if self.config.end_step is None else resolve_step(
-            self.config.end_step, ctx.max_steps, 1.0, "end_step"
-        )
-        self.every = self.config.update_every or default_interval(ctx.max_steps)
-        if self.every > self.end:
-            raise ValueError(
-                f"rigl would never update the mask: update_every = {self.every} steps is past end_step "
-                f"(step {self.end} of {ctx.max_steps}); lower update_every or move end_step later (the tasks set "
-                "the release's interval for their full-length runs: a shorter run passes --sparsity_update_every)"
-            )
+        self.schedule = PeriodicSchedule.from_config(self.config, ctx.max_steps, "rigl")
+
+    @property
+    def end(self) -> int:
+        return self.schedule.end
 
     def is_update(self, step: int) -> bool:
-        return 0 < step <= self.end and step % self.every == 0
+        return self.schedule.is_update(step)
 
     def update_steps(self) -> list[int]:
-        return list(range(self.every, self.end + 1, self.every))
+        return self.schedule.events()
 
     def on_round_begin(self, ctx: PruneContext) -> None:
-        init = self.config.rigl_init
-        scores = CRITERIA.get("snip")(
-            ctx, batches=self.config.snip_batches, train_mode=self.config.snip_train_mode
-        ) if init == "snip" else None
-        self.prune_to(ctx, self.config.sparsity, criterion=INITS[init], scores=scores)
+        self.prune_to(ctx, self.config.sparsity, criterion=INITS[self.config.rigl_init])
 
     # -- updates -------------------------------------------------------------------------------------------
     def before_optimizer_step(self, ctx: PruneContext) -> None:
@@ -123,7 +108,7 @@ class RigL(SparsityMethod):
             self._growth, self._growth_step, self._fraction = grads, step, fraction
             return
         growth = {}
-        for name, mask in ctx.masks.masks.items():
+        for name, _, mask in ctx.masks.masked():
             active = int(mask.sum())
             n = drop_count(active, mask.numel() - active, fraction)
             growth[name] = _top(grads[name].masked_fill_(mask, float("-inf")), n)
@@ -135,25 +120,11 @@ class RigL(SparsityMethod):
             return
         pending, self._growth = self._growth, None
         release = self.config.rigl_release_growth
-        growth = {}
-        for name, scores in pending.items():
-            mask, param = ctx.masks.masks[name], ctx.masks.params[name]
+        for name, param, mask in list(ctx.masks.masked()):
+            scores = pending[name]
             n = drop_count(int(mask.sum()), mask.numel(), self._fraction) if release else int(scores.sum())
             magnitude = param.detach().abs().float().masked_fill_(~mask, float("inf"))
             kept = mask & prune_lowest([ordered_keys(magnitude)], n)[0]
-            growth[name] = _top(scores.masked_fill_(kept, float("-inf")), n) if release else scores
-            ctx.masks.set(name, kept | growth[name])
-        ctx.masks.apply(ctx.optimizer)
-        ctx.masks.apply_to_grads()
-        if not release:
-            self._reset_grown(ctx, growth)
-
-    def _reset_grown(self, ctx: PruneContext, growth: dict[str, torch.Tensor]) -> None:
-        """Grown weights start from zero, with zero optimizer moments (they were inactive until now)."""
-        state = unwrap_optimizer(ctx.optimizer).state if ctx.optimizer is not None else {}
-        for name, grow in growth.items():
-            param = ctx.masks.params[name]
-            param.data.masked_fill_(grow, 0.0)
-            for value in (state.get(param) or {}).values():
-                if torch.is_tensor(value) and value.shape == grow.shape:
-                    value.masked_fill_(grow, 0)
+            grown = _top(scores.masked_fill_(kept, float("-inf")), n) if release else scores
+            # grown weights start from zero with zero optimizer moments (they were inactive until now)
+            ctx.masks.set(name, kept | grown, restart=None if release else grown)

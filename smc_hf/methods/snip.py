@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..core.context import PruneContext
-from ..core.criteria import CRITERIA
 from .base import Legend, SparsityMethod
 from .registry import METHODS
 
@@ -25,7 +24,6 @@ class SNIP(SparsityMethod):
     needs_data = True
 
     def on_round_begin(self, ctx: PruneContext) -> None:
-        scores = CRITERIA.get("snip")(ctx, batches=self.config.snip_batches, train_mode=self.config.snip_train_mode)
-        self.prune_to(ctx, self.config.sparsity, scores=scores)
+        self.prune_to(ctx, self.config.sparsity)
 
     one_shot = on_round_begin

@@ -3,6 +3,9 @@
 Order inside one optimizer step (transformers >= 4.45):
 clip -> on_pre_optimizer_step (method sees dense grads, then grads are masked) -> optimizer.step() ->
 on_optimizer_step (method may change masks; weights and optimizer state are masked) -> scheduler.
+Methods only change masks (and, for some, weights); this callback applies the masks, once per event, through
+the `MaskSet` and its placement, so every backend gets the same treatment. It calls a method only for the
+events the method declares (`SparsityMethod.events`), and gathers sharded weights only for those.
 Works with a stock `Trainer` (install it with `attach(trainer)`, so loggers see its keys); `SparseTrainer`
 adds multi-round methods and writes the sparse files with every save and push.
 """
@@ -23,7 +26,7 @@ from ..core.masks import MaskSet, preserves_zeros
 from ..core.selection import select_parameters
 from ..integrations import distributed
 from ..io.mask_file import MASKS_FILE
-from ..methods import SparsityMethod, build_method
+from ..methods import build_method
 from ..pruning.sparse_folder import write_sparse_artifacts
 
 logger = logging.getLogger(__name__)
@@ -180,7 +183,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
         self.masks.placement = None
         if placement is not None:
             placement.attach(self.masks)
-            if not placement.grads_before_step and self._overrides("before_optimizer_step"):
+            if not placement.grads_before_step and self._acts_on("before_optimizer_step"):
                 raise ValueError(
                     f"method {self.config.method!r} reads dense gradients before the optimizer step; under "
                     f"{placement.name} the engine steps inside backward and leaves none; use DDP or FSDP"
@@ -192,18 +195,29 @@ class SparsityCallback(TrainerCallback, ExportableState):
             else:
                 self.step = 0
                 self.method.on_round_begin(self.context(args, state, model, optimizer, train_dataloader))
-        self.masks.apply(optimizer)
+        self.masks.apply(optimizer)  # always: a resumed or rewound model is masked before its first step
         self._applied_version = self.masks.version
 
-    def _overrides(self, event: str) -> bool:
-        """Whether the method acts on `event`: sharded weights are gathered only for events that can use them."""
-        return getattr(type(self.method), event) is not getattr(SparsityMethod, event)
+    def _acts_on(self, event: str) -> bool:
+        """Whether the method declared `event`: only then is it called, with sharded weights gathered."""
+        return event in self.method.events
+
+    def _apply_changed(self, optimizer, grads: bool = False) -> bool:
+        """Apply masks that changed since they were last applied (weights, optimizer state and, with `grads`,
+        gradients); returns whether they had changed."""
+        if self.masks.version == self._applied_version:
+            return False
+        self.masks.apply(optimizer)
+        if grads:
+            self.masks.apply_to_grads()
+        self._applied_version = self.masks.version
+        return True
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.masks is None:
             return
         self._scale_before = distributed.loss_scale(optimizer)
-        if self._overrides("before_optimizer_step"):
+        if self._acts_on("before_optimizer_step"):
             distributed.unscale_gradients(optimizer, args)
             with distributed.mask_update(self.masks, grads=True):
                 self.method.before_optimizer_step(
@@ -216,24 +230,27 @@ class SparsityCallback(TrainerCallback, ExportableState):
             return
         if not distributed.step_was_skipped(optimizer, self._scale_before):
             self.step += 1
-            with distributed.mask_update(self.masks, full=self._overrides("after_optimizer_step")):
-                self.method.after_optimizer_step(
-                    self.context(args, state, model, optimizer, kwargs.get("train_dataloader"))
-                )
+            if self._acts_on("after_optimizer_step"):
+                with distributed.mask_update(self.masks):
+                    self.method.after_optimizer_step(
+                        self.context(args, state, model, optimizer, kwargs.get("train_dataloader"))
+                    )
         # Pruned weights and their optimizer state are zeroed here. With an elementwise optimizer they are
         # already zero (their gradients were masked), so the pass runs only when masks changed: it is most
         # of the cost of mask upkeep on a memory-bound CPU step.
-        if (self.masks.version != self._applied_version or self.masks.placement is not None
-                or not preserves_zeros(optimizer)):
+        if not self._apply_changed(optimizer, grads=True) and (
+            self.masks.placement is not None or not preserves_zeros(optimizer)
+        ):
             self.masks.apply(optimizer)
-            self._applied_version = self.masks.version
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._take_back()  # the last log of train() is its metrics
         if self.masks is None:
             return
-        with distributed.mask_update(self.masks, full=self._overrides("on_round_end")):
-            self.method.on_round_end(self.context(args, state, model, optimizer, kwargs.get("train_dataloader")))
+        if self._acts_on("on_round_end"):
+            with distributed.mask_update(self.masks):
+                self.method.on_round_end(self.context(args, state, model, optimizer, kwargs.get("train_dataloader")))
+            self._apply_changed(optimizer)
 
     def on_save(self, args, state, control, **kwargs):
         """A stock Trainer's checkpoints get their masks here (SparseTrainer writes them with the weights)."""
