@@ -61,8 +61,9 @@ class SolverOutput(ModelOutput):
     predictions: Optional[torch.Tensor] = None
 
 
-class ArithmeticSolver(PreTrainedModel):
-    config_class = ArithmeticSolverConfig
+class EncoderSolver(PreTrainedModel):
+    """A pre-trained encoder under a new decoder: what the sequence and the GTS solvers share."""
+
     base_model_prefix = "solver"
     main_input_name = "input_ids"
 
@@ -71,6 +72,38 @@ class ArithmeticSolver(PreTrainedModel):
         encoder_config = AutoConfig.for_model(**config.encoder_config)
         pooler = {"add_pooling_layer": False} if encoder_config.model_type in _POOLED_ENCODERS else {}
         self.encoder = AutoModel.from_config(encoder_config, **pooler)
+
+    @classmethod
+    def from_encoder(cls, encoder_name_or_path: str, fixed_tokens: list[str], cache_dir=None, **kwargs):
+        """A solver whose encoder starts from a pre-trained checkpoint and whose decoder is new."""
+        encoder = AutoModel.from_pretrained(encoder_name_or_path, cache_dir=cache_dir)
+        config = cls.config_class(encoder_config=encoder.config.to_dict(), fixed_tokens=fixed_tokens, **kwargs)
+        model = cls(config)
+        missing, _ = model.encoder.load_state_dict(encoder.state_dict(), strict=False)
+        if missing:
+            raise ValueError(f"{encoder_name_or_path}: encoder weights missing for {missing}")
+        return model
+
+    def _init_weights(self, module):
+        encoder = self.__dict__.get("_modules", {}).get("encoder")
+        if encoder is not None and any(module is m for m in encoder.modules()):
+            encoder._init_weights(module)
+        else:
+            self._init_decoder_weights(module)
+
+    def _init_decoder_weights(self, module):
+        super()._init_weights(module)
+
+    def optimizer_head_prefixes(self) -> tuple[str, ...]:
+        """Everything but the pre-trained encoder is new and trains at the head learning rate."""
+        return tuple(name for name, _ in self.named_children() if name != "encoder")
+
+
+class ArithmeticSolver(EncoderSolver):
+    config_class = ArithmeticSolverConfig
+
+    def __init__(self, config: ArithmeticSolverConfig):
+        super().__init__(config)
         d = config.decoder_hidden
         n_fixed = len(config.fixed_tokens)
         self.enc_proj = nn.Linear(self.encoder.config.hidden_size, d)
@@ -84,24 +117,6 @@ class ArithmeticSolver(PreTrainedModel):
         self.fixed_out = nn.Linear(d, n_fixed)
         self.number_out = nn.Linear(d, d)
         self.post_init()
-
-    @classmethod
-    def from_encoder(cls, encoder_name_or_path: str, fixed_tokens: list[str], cache_dir=None, **kwargs):
-        """A solver whose encoder starts from a pre-trained checkpoint and whose decoder is new."""
-        encoder = AutoModel.from_pretrained(encoder_name_or_path, cache_dir=cache_dir)
-        config = ArithmeticSolverConfig(encoder_config=encoder.config.to_dict(), fixed_tokens=fixed_tokens, **kwargs)
-        model = cls(config)
-        missing, _ = model.encoder.load_state_dict(encoder.state_dict(), strict=False)
-        if missing:
-            raise ValueError(f"{encoder_name_or_path}: encoder weights missing for {missing}")
-        return model
-
-    def _init_weights(self, module):
-        encoder = self.__dict__.get("_modules", {}).get("encoder")
-        if encoder is not None and any(module is m for m in encoder.modules()):
-            encoder._init_weights(module)
-        else:
-            super()._init_weights(module)
 
     def _encode(self, input_ids, attention_mask, token_type_ids, number_positions):
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
@@ -172,10 +187,6 @@ class ArithmeticSolver(PreTrainedModel):
                 break
             prefix = torch.cat([prefix, self._embed(token.unsqueeze(1), numbers)], dim=1)
         return out
-
-    def optimizer_head_prefixes(self) -> tuple[str, ...]:
-        """Everything but the pre-trained encoder is new and trains at the head learning rate."""
-        return tuple(name for name, _ in self.named_children() if name != "encoder")
 
 
 AutoConfig.register("arithmetic_solver", ArithmeticSolverConfig)

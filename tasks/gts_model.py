@@ -27,13 +27,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel
 from transformers.utils import ModelOutput
 
-from .arithmetic_model import ArithmeticSolverConfig
+from .arithmetic_model import ArithmeticSolverConfig, EncoderSolver
 from .prefix_expr import OPERATORS
 
-_POOLED_ENCODERS = ("bert", "roberta", "xlm-roberta")
 _MASKED = -1e12  # the original code's fill value for masked scores
 
 
@@ -186,16 +185,11 @@ class _Tree:
         return _Tree(list(self.goals), list(self.built), self.left, list(self.tokens), score)
 
 
-class GTSSolver(PreTrainedModel):
+class GTSSolver(EncoderSolver):
     config_class = GTSConfig
-    base_model_prefix = "solver"
-    main_input_name = "input_ids"
 
     def __init__(self, config: GTSConfig):
         super().__init__(config)
-        encoder_config = AutoConfig.for_model(**config.encoder_config)
-        pooler = {"add_pooling_layer": False} if encoder_config.model_type in _POOLED_ENCODERS else {}
-        self.encoder = AutoModel.from_config(encoder_config, **pooler)
         width, hidden = self.encoder.config.hidden_size, config.decoder_hidden
         n_ops = config.num_operators
         self.embed_dropout = nn.Dropout(config.decoder_dropout)
@@ -209,29 +203,11 @@ class GTSSolver(PreTrainedModel):
         self.merge = Merge(hidden, config.op_embedding_size, config.decoder_dropout)
         self.post_init()
 
-    @classmethod
-    def from_encoder(cls, encoder_name_or_path: str, fixed_tokens: list[str], cache_dir=None, **kwargs):
-        """A solver whose encoder starts from a pre-trained checkpoint and whose LSTM and tree decoder are new."""
-        encoder = AutoModel.from_pretrained(encoder_name_or_path, cache_dir=cache_dir)
-        config = GTSConfig(encoder_config=encoder.config.to_dict(), fixed_tokens=fixed_tokens, **kwargs)
-        model = cls(config)
-        missing, _ = model.encoder.load_state_dict(encoder.state_dict(), strict=False)
-        if missing:
-            raise ValueError(f"{encoder_name_or_path}: encoder weights missing for {missing}")
-        return model
-
-    def _init_weights(self, module):
-        encoder = self.__dict__.get("_modules", {}).get("encoder")
-        if encoder is not None and any(module is m for m in encoder.modules()):
-            encoder._init_weights(module)
-        elif isinstance(module, Prediction):
+    def _init_decoder_weights(self, module):
+        if isinstance(module, Prediction):
             nn.init.normal_(module.constants)
         elif not isinstance(module, nn.LSTM):
-            super()._init_weights(module)
-
-    def optimizer_head_prefixes(self) -> tuple[str, ...]:
-        """Everything but the pre-trained encoder is new and trains at the head learning rate."""
-        return tuple(name for name, _ in self.named_children() if name != "encoder")
+            super()._init_decoder_weights(module)
 
     # --- encoding -------------------------------------------------------------------------------------------
 
