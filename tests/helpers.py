@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import Dataset
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (
+    BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification, TrainerCallback,
+)
 
 
 def tiny_roberta(num_labels: int = 2, seed: int = 0, **overrides) -> RobertaForSequenceClassification:
@@ -53,3 +55,13 @@ def training_args(output_dir, **overrides):
     )
     defaults.update(overrides)
     return TrainingArguments(**defaults)
+
+
+class RateRecorder(TrainerCallback):
+    """The learning rate of the first parameter group, read just before each optimizer step."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.rates.append(optimizer.param_groups[0]["lr"])

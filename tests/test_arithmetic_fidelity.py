@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Seq2SeqTrainingArguments, TrainerCallback, TrainerControl, TrainerState
+from transformers import Seq2SeqTrainingArguments, TrainerControl, TrainerState
 
 from smc_hf import SparseTrainer, SparsityConfig
 from tasks import DataArguments, ModelArguments, get_task
 from tasks.arithmetic import GTSAdam
 from tasks.epoch_schedule import EpochStepDecay, step_epoch_factors
 from tasks.gts_model import GTSSolver
-from tests.helpers import ToyClassification, tiny_roberta, training_args
+from tests.helpers import RateRecorder, ToyClassification, tiny_roberta, training_args
 from tests.task_fixtures import tiny_roberta_dir
 
 
@@ -80,13 +80,6 @@ def test_step_lr_halves_the_rates_every_20_epochs(mawps, tmp_path):
 
 def test_step_decay_sets_the_rate_each_optimizer_step_uses_in_a_trainer(tmp_path):
     """ToyClassification(n=8) at batch 4: two steps per epoch; halving every epoch shows every boundary."""
-
-    class RateRecorder(TrainerCallback):
-        def __init__(self):
-            self.rates = []
-
-        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-            self.rates.append(optimizer.param_groups[0]["lr"])
 
     recorder = RateRecorder()
     args = training_args(tmp_path, max_steps=-1, num_train_epochs=3, lr_scheduler_type="constant", warmup_steps=0)

@@ -24,7 +24,7 @@ from smc_hf.methods import METHODS, build_method
 from smc_hf.methods.rigl import drop_fraction_at
 from tasks import TASKS, DataArguments, ModelArguments, get_task
 from tasks.epoch_schedule import EpochOneCycle, one_cycle_epoch_factors
-from tests.helpers import ToyClassification, tiny_roberta, training_args
+from tests.helpers import RateRecorder, ToyClassification, tiny_roberta, training_args
 from tests.test_rigl import _top as top_k, _train as train_rigl
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "fidelity.md"
@@ -259,15 +259,6 @@ def test_epoch_one_cycle_gives_each_epoch_the_release_rate(tmp_path):
 
 def test_epoch_one_cycle_sets_the_rate_each_optimizer_step_uses_in_a_trainer(tmp_path):
     """ToyClassification(n=8) at batch 4: two steps per epoch; the rate of each step is read just before it."""
-    from transformers import TrainerCallback
-
-    class RateRecorder(TrainerCallback):
-        def __init__(self):
-            self.rates = []
-
-        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-            self.rates.append(optimizer.param_groups[0]["lr"])
-
     recorder = RateRecorder()
     args = training_args(tmp_path, max_steps=-1, num_train_epochs=4, lr_scheduler_type="constant", warmup_steps=0)
     trainer = SparseTrainer(model=tiny_roberta(), args=args, train_dataset=ToyClassification(n=8),
