@@ -9,7 +9,7 @@
 #
 # Run folders: $CPU_SCALE_RUNS (default runs/cpu-scale, ignored by git); each cell's result.json stays there, its
 # checkpoints are deleted once it and every run that starts from it are done (--delete-run-dirs).
-# Why these sizes: see results/cpu-scale/README.md (about 12 CPU-hours on one core for the three tasks).
+# Why these sizes: see results/cpu-scale/README.md (estimated ~17 CPU-hours on one core for the three tasks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
