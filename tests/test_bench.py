@@ -142,6 +142,12 @@ def sweep_argv(entry, out, *extra):
             "--", "--max_steps", "2"]
 
 
+def bench_process(entry, out, env):
+    """`smc-bench run` of the stand-in sweep as its own process (so it can be SIGKILLed), output captured."""
+    return subprocess.run([sys.executable, "-m", "smc_hf.cli.bench", *sweep_argv(entry, out)], env=env,
+                          capture_output=True, text=True)
+
+
 def test_grid_parsing_and_validation():
     assert parse_sparsities("paper") == list(PAPER_SPARSITIES)
     assert PAPER_SPARSITIES == (0.2, 0.36, 0.488, 0.59, 0.672, 0.738, 0.791, 0.8325, 0.866, 0.893)
@@ -188,8 +194,7 @@ def test_sweep_resumes_after_being_killed_and_report_equals_cell_files(fake, tmp
     entry, calls = fake
     out = tmp_path / "results"
     env = dict(os.environ, FAKE_KILL_AT="random_before/0.25", PYTHONPATH=ROOT)
-    killed = subprocess.run([sys.executable, "-m", "smc_hf.cli.bench", *sweep_argv(entry, out)], env=env,
-                            capture_output=True, text=True)
+    killed = bench_process(entry, out, env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     before_kill = [tuple(c[1:3]) for c in calls()]
     assert before_kill == [("dense", 0.0), ("omp_before", 0.25), ("omp_before", 0.5), ("random_before", 0.25)]
@@ -199,8 +204,7 @@ def test_sweep_resumes_after_being_killed_and_report_equals_cell_files(fake, tmp
     snapshot = {p: open(p).read() for p in done_files}
     assert not (out / "toy/random_before/sparsity-0.25/seed-1/result.json").exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "smc_hf.cli.bench", *sweep_argv(entry, out)], env=env,
-                             capture_output=True, text=True)
+    resumed = bench_process(entry, out, env)
     assert resumed.returncode == 0, resumed.stderr
     assert "5 cells: 3 done, 2 to run" in resumed.stderr
     assert [tuple(c[1:3]) for c in calls()[4:]] == [("random_before", 0.25), ("random_before", 0.5)]

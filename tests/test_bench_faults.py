@@ -14,7 +14,7 @@ import pytest
 from smc_hf.bench import Launcher, build_grid, parse_methods, run_sweep
 from smc_hf.bench.lock import LOCK_FILE, folder_lock
 from smc_hf.bench.sweep import cell_dir
-from tests.test_bench import FAKE_ENTRY, ROOT, fake, sweep_argv  # noqa: F401  (fixture)
+from tests.test_bench import FAKE_ENTRY, ROOT, bench_process, fake  # noqa: F401  (fixture)
 
 DRIVER = textwrap.dedent("""
     import sys
@@ -81,11 +81,9 @@ def test_a_resumed_cell_records_the_runtime_of_every_attempt(fake, tmp_path):
     entry, calls = fake
     out = tmp_path / "results"
     env = dict(os.environ, FAKE_KILL_AT="random_before/0.25", PYTHONPATH=ROOT)
-    killed = subprocess.run([sys.executable, "-m", "smc_hf.cli.bench", *sweep_argv(entry, out)], env=env,
-                            capture_output=True, text=True)
+    killed = bench_process(entry, out, env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    resumed = subprocess.run([sys.executable, "-m", "smc_hf.cli.bench", *sweep_argv(entry, out)], env=env,
-                             capture_output=True, text=True)
+    resumed = bench_process(entry, out, env)
     assert resumed.returncode == 0, resumed.stderr
     folder = out / "toy/random_before/sparsity-0.25/seed-1"
     raw = json.loads((folder / "result.json").read_text())
