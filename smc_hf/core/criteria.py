@@ -12,10 +12,13 @@ from typing import Callable, Optional
 
 import torch
 
+from .allocation import LayerScores
 from .calibration import calibration_gradients, calibration_seed, show_progress
 from .context import PruneContext
 from .fisher import BlockFisher
 from .registry import Registry
+from .rng import LayerDraws
+from .seeds import derived_seed
 
 
 class Scores(dict):
@@ -38,20 +41,58 @@ def exclude_pruned(ctx: PruneContext, scores: dict[str, torch.Tensor]) -> Scores
     return Scores(scores)
 
 
+def _layer_scores(ctx: PruneContext, fill: Callable[[str, torch.Tensor], None]) -> LayerScores:
+    """Scores `fill(name, out)` computes per layer on demand, pruned positions ranked lowest as `exclude_pruned`."""
+    params = dict(ctx.masks.named_parameters())
+
+    @torch.no_grad()
+    def fill_excluding_pruned(name: str, out: torch.Tensor) -> None:
+        fill(name, out)
+        mask = ctx.masks.mask(name)
+        if mask is not None:
+            out.masked_fill_(mask.reshape(-1).logical_not(), float("-inf"))
+
+    return LayerScores({n: tuple(p.shape) for n, p in params.items()}, {n: p.device for n, p in params.items()},
+                       fill_excluding_pruned)
+
+
 @CRITERIA.register("magnitude")
-@torch.no_grad()
-def magnitude(ctx: PruneContext) -> Scores:
-    """|w|: the criterion of OMP, GMP and LTH."""
-    return exclude_pruned(ctx, {n: p.detach().abs().float() for n, p in ctx.masks.named_parameters()})
+def magnitude(ctx: PruneContext) -> LayerScores:
+    """|w|: the criterion of OMP, GMP and LTH. Computed from the weights per layer whenever read, never stored."""
+    params = dict(ctx.masks.named_parameters())
+
+    def fill(name: str, out: torch.Tensor) -> None:
+        weight = params[name].detach().reshape(-1)
+        if weight.dtype == torch.float32:
+            torch.abs(weight, out=out)
+        else:
+            out.copy_(weight).abs_()
+
+    return _layer_scores(ctx, fill)
 
 
 @CRITERIA.register("random")
-@torch.no_grad()
-def random(ctx: PruneContext) -> Scores:
-    """Uniform random scores from a generator seeded by the run's seed and the round, so masks reproduce."""
-    gen = torch.Generator().manual_seed(int(ctx.seed) * 1000003 + ctx.round)
-    scores = {n: torch.rand(p.shape, generator=gen).to(p.device) for n, p in ctx.masks.named_parameters()}
-    return exclude_pruned(ctx, scores)
+def random(ctx: PruneContext) -> LayerScores:
+    """Uniform random scores: layer after layer, in selection order, from one generator seeded by the run's seed
+    and the round (`random_draws`), so masks reproduce; any layer can be drawn again without storing it."""
+    params = dict(ctx.masks.named_parameters())
+    draws = random_draws(ctx.seed, ctx.round, [p.numel() for p in params.values()])
+    index = {name: i for i, name in enumerate(params)}
+
+    def fill(name: str, out: torch.Tensor) -> None:
+        if out.device.type == "cpu":
+            draws.draw(index[name], out)
+        else:
+            out.copy_(draws.draw(index[name], torch.empty(out.numel())))
+
+    return _layer_scores(ctx, fill)
+
+
+def random_draws(seed: int, round_index: int, sizes: list[int]) -> LayerDraws:
+    """The random criterion's numbers for layers of `sizes` (selection order) in round `round_index`: one
+    `torch.rand` per layer from a generator seeded by `derived_seed(seed, round)`. Streaming pruning draws its
+    random scores here too, so its masks equal the in-memory ones for the same seed."""
+    return LayerDraws(derived_seed(seed, round_index), sizes)
 
 
 @CRITERIA.register("snip")
