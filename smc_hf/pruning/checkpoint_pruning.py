@@ -76,6 +76,9 @@ def check_method(config: SparsityConfig, options: PruneCheckpointArguments) -> N
     if not method.one_shot_capable:
         raise ValueError(f"method {config.method!r} needs training; smc-prune runs one-shot methods "
                          f"({', '.join(n for n in METHODS.names() if METHODS.get(n).one_shot_capable)})")
+    if options.streaming and config.pattern:
+        raise ValueError(f"streaming pruning does not apply N:M patterns (pattern = {config.pattern}); run "
+                         "without --streaming")
     if method.needs_data and not (options.calibration_task or options.calibration_file):
         raise ValueError(f"method {config.method!r} scores weights with gradients: pass calibration_task or "
                          "calibration_file (--calibration-task / --calibration-file)")
