@@ -255,10 +255,12 @@ class SparsityConfig:
             raise ValueError(f"method {self.method!r} prunes nothing, so pattern = {self.pattern} has no mask to "
                              "shape; pick a sparse method")
         if not method.supports_pattern:
+            capable = [n for n in METHODS.names() if METHODS.get(n).supports_pattern
+                       and METHODS.get(n).prunes_to_target and METHODS.get(n).one_shot_capable]
             raise ValueError(
                 f"method {self.method!r} {method.pattern_conflict}, which an N:M pattern (a fixed 1 - N/M in every "
-                f"group) cannot follow; use a one-shot method with the pattern (omp_before, random_before, snip, "
-                f"omp_after, random_after, obert, ...), then keep the mask while training with method 'fixed'"
+                f"group) cannot follow; prune with the pattern by one of {', '.join(capable)}, then keep the mask "
+                "while training with method 'fixed'"
             )
         if self.distribution is not None:
             raise ValueError(
