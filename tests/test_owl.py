@@ -7,8 +7,10 @@ import torch
 from transformers import HfArgumentParser
 
 from smc_hf import SparsityConfig, prune_model
+from smc_hf.cli.prune import main as prune_main
 from smc_hf.core.allocation import DISTRIBUTIONS, allocate
 from smc_hf.core.owl import block_of, block_sparsities, exact_counts, outlier_ratio, owl_prune_counts
+from smc_hf.io.sparsity_block import read_sparsity_block
 from tests.helpers import tiny_roberta
 
 
@@ -132,3 +134,18 @@ def test_prune_model_with_owl_is_exact_and_follows_the_options():
     zeros = masks.weight_zeros()
     assert zeros == expected and sum(zeros.values()) == round(0.5 * masks.numel())
     assert len(set(zeros.values())) > 2, "the blocks should differ (ratios differ between the two layers)"
+
+
+def test_smc_prune_takes_owl_in_memory_and_refuses_it_streaming(tmp_path, capsys):
+    source = tmp_path / "src"
+    tiny_roberta().save_pretrained(source)
+    out = tmp_path / "out"
+    assert prune_main([str(source), "--method", "omp", "--sparsity", "0.5", "--distribution", "owl",
+                       "--owl_lambda", "0.1", "--output", str(out), "--progress", "false"]) == 0
+    block = read_sparsity_block(str(out))
+    assert block["distribution"] == "owl"
+    assert sum(m["zeros"] for m in block["modules"].values()) == round(0.5 * block["selected_numel"])
+    assert prune_main([str(source), "--method", "omp", "--sparsity", "0.5", "--distribution", "owl", "--streaming",
+                       "--output", str(tmp_path / "s"), "--progress", "false"]) == 1
+    assert "distribution 'owl' needs the model in memory" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
