@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .core.allocation import DISTRIBUTIONS
+from .core.owl import DEFAULT_LAMBDA, DEFAULT_THRESHOLD_M
+from .core.patterns import NMPattern
 from .core.selection import SELECTIONS
 from .methods import DENSE_METHOD, METHODS
 from .methods.rigl import RigL
@@ -102,8 +104,13 @@ class SparsityConfig:
     method: str = _arg(DENSE_METHOD, "Sparse algorithm (see smc_hf.available_methods()).", "--sparsity_method")
     sparsity: float = _arg(0.0, "Target fraction of selected weights set to zero, in [0, 1).")
     distribution: Optional[str] = _arg(
-        None, "How sparsity is spread over layers: uniform, global or erk (default: the method's).",
+        None, "How sparsity is spread over layers: uniform, global, erk or owl (default: the method's).",
         "--sparsity_distribution",
+    )
+    pattern: Optional[str] = _arg(
+        None, "N:M semi-structured pattern, e.g. 2:4: keep the N best-scored of every M consecutive weights along "
+        "each layer's input dimension. Sets sparsity to 1 - N/M in every layer; no distribution. With method "
+        "fixed: verify that the loaded mask follows it.", "--sparsity_pattern",
     )
     targets: Optional[list[str]] = _arg(
         None, "Regexes over parameter names to prune instead of the default (the backbone's Linear weights).",
@@ -135,6 +142,13 @@ class SparsityConfig:
         False, "After-training methods: the model is already fine-tuned, so prune at once and re-train."
     )
     erk_power_scale: float = _arg(1.0, "ERK exponent (1.0 = Erdos-Renyi-Kernel as in RigL).")
+    owl_threshold_m: float = _arg(
+        DEFAULT_THRESHOLD_M, "OWL: a score is an outlier above M times its block's mean score (the paper's M = 5)."
+    )
+    owl_lambda: float = _arg(
+        DEFAULT_LAMBDA, "OWL: block sparsities spread over about [s - lambda, s + lambda] by outlier ratio "
+        "(the paper's 0.08).",
+    )
     snip_batches: int = _arg(1, "SNIP: training batches whose |grad * weight| scores are summed.")
     snip_train_mode: bool = _arg(
         False, "SNIP (and rigl_init snip): score with dropout on, as the release's train-mode pass (default off: "
@@ -183,6 +197,7 @@ class SparsityConfig:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.distribution is not None:
             self.distribution = DISTRIBUTIONS.canonical(self.distribution)
+        self._check_pattern()
         if self.mask_seed is not None and not 0 <= self.mask_seed <= SEED_MAX:
             raise ValueError(f"mask_seed must be in [0, 2**32 - 1] (the seeds transformers' set_seed accepts), "
                              f"got {self.mask_seed}")
@@ -206,6 +221,11 @@ class SparsityConfig:
         self._check_selection()
         self._check_range("rewind_step", 0, None)
         self._check_range("erk_power_scale", 0.0, None)
+        if not self.owl_threshold_m > 0:
+            raise ValueError(f"owl_threshold_m must be > 0 (outliers lie above M times the mean), "
+                             f"got {self.owl_threshold_m}")
+        if not 0.0 <= self.owl_lambda < 1.0:
+            raise ValueError(f"owl_lambda must be in [0, 1) (a spread of block sparsities), got {self.owl_lambda}")
         if not 0.0 < self.lth_rate < 1.0:
             raise ValueError(f"lth_rate must be in (0, 1), got {self.lth_rate}")
         if not 0.0 < self.drop_fraction <= 1.0:
@@ -217,6 +237,45 @@ class SparsityConfig:
         if not self.obert_damp > 0:
             raise ValueError(f"obert_damp must be > 0, got {self.obert_damp}")
         METHODS.get(self.method).validate(self)
+
+    @property
+    def nm_pattern(self) -> Optional[NMPattern]:
+        """`pattern` parsed, or None for unstructured masks."""
+        return NMPattern.parse(self.pattern) if self.pattern is not None else None
+
+    def _check_pattern(self) -> None:
+        """An N:M pattern fixes every layer's sparsity at 1 - N/M: it sets `sparsity` when left at 0, and a
+        different sparsity or an explicit distribution is an error (either would be silently overridden)."""
+        if self.pattern is None:
+            return
+        pattern = NMPattern.parse(self.pattern)
+        self.pattern = str(pattern)
+        method = METHODS.get(self.method)
+        if not method.masks_weights:
+            raise ValueError(f"method {self.method!r} prunes nothing, so pattern = {self.pattern} has no mask to "
+                             "shape; pick a sparse method")
+        if not method.supports_pattern:
+            capable = [n for n in METHODS.names() if METHODS.get(n).supports_pattern
+                       and METHODS.get(n).prunes_to_target and METHODS.get(n).one_shot_capable]
+            raise ValueError(
+                f"method {self.method!r} {method.pattern_conflict}, which an N:M pattern (a fixed 1 - N/M in every "
+                f"group) cannot follow; prune with the pattern by one of {', '.join(capable)}, then keep the mask "
+                "while training with method 'fixed'"
+            )
+        if self.distribution is not None:
+            raise ValueError(
+                f"pattern {self.pattern} prunes {self.pattern.split(':')[1]}-weight groups alike in every layer, so "
+                f"distribution = {self.distribution!r} would be ignored; leave the distribution out"
+            )
+        if not method.prunes_to_target:
+            return
+        if self.sparsity == 0.0:
+            self.sparsity = pattern.sparsity
+        elif not math.isclose(self.sparsity, pattern.sparsity, rel_tol=0.0, abs_tol=1e-9):
+            raise ValueError(
+                f"pattern {self.pattern} prunes exactly 1 - {pattern.n}/{pattern.m} = {pattern.sparsity:g} of every "
+                f"layer, but sparsity = {self.sparsity:g}; leave sparsity out (the pattern sets it) or drop the pattern"
+            )
 
     def _check_selection(self) -> None:
         if self.selection not in SELECTIONS:

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..io.sparsity_block import ModuleSparsity, SparsityReport
 from .masks import MaskSet
+from .patterns import NMPattern, input_dims, nm_violations
 from .selection import select_parameters
 from .zeros import count_pruned, count_zeros, total_pruned
 
@@ -21,6 +22,9 @@ def sparsity_report(model: nn.Module, masks: Optional[MaskSet] = None, config=No
     The selection comes from `masks` if given, else from `config` (its targets/ignore), else the default.
     Targets: per module, the fraction the mask prunes; overall, `config.sparsity` when the config's method prunes
     to it (`config.method_class.prunes_to_target`), else the masks' fraction.
+
+    With an N:M `config.pattern`, every group of every module is checked: the masks' kept weights (or, without
+    masks, the weights' non-zeros) must number at most N per group of M along the input dimension.
     """
     if masks is not None:
         params = masks.params
@@ -44,4 +48,10 @@ def sparsity_report(model: nn.Module, masks: Optional[MaskSet] = None, config=No
         target = total_pruned(masks.masks.values()) / masks.numel()
     else:
         target = 0.0 if method is not None and not method.masks_weights else None
-    return SparsityReport(modules, target)
+    pattern = getattr(config, "pattern", None)
+    violations = None
+    if pattern is not None:
+        kept = {n: masks.masks[n] if masks is not None and n in masks.masks else p.detach() != 0
+                for n, p in params.items()}
+        violations = nm_violations(kept, NMPattern.parse(pattern), input_dims(model, params), exact=False)
+    return SparsityReport(modules, target, pattern, violations)

@@ -38,8 +38,9 @@ def render_model_card(block: dict, base_model: Optional[str] = None, command: Op
     lines = [
         "---", data.to_yaml(), "---", "", f"# {title}", "",
         f"{_pct(report.achieved)} of the {report.numel:,} selected weights are exactly zero "
-        f"(target {_pct(report.target)}; method `{block.get('method')}`, distribution `{block.get('distribution')}`). "
-        "Embeddings, norms, biases and task heads are not selected unless the command says otherwise.",
+        f"(target {_pct(report.target)}; method `{block.get('method')}`, "
+        + (f"N:M pattern `{report.pattern}`). " if report.pattern else f"distribution `{block.get('distribution')}`). ")
+        + "Embeddings, norms, biases and task heads are not selected unless the command says otherwise.",
         "",
     ]
     if command:

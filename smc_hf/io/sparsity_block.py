@@ -35,6 +35,30 @@ class ModuleSparsity:
 class SparsityReport:
     modules: list[ModuleSparsity] = field(default_factory=list)
     target: Optional[float] = None
+    #: The N:M pattern the masks were made with ("2:4"), and per module the groups found with more than N kept
+    #: weights (0 everywhere: verified); None without a pattern.
+    pattern: Optional[str] = None
+    pattern_violations: Optional[dict[str, int]] = None
+
+    @property
+    def pattern_verified(self) -> Optional[bool]:
+        """Whether every group of every module holds the pattern (None without a pattern)."""
+        if self.pattern is None:
+            return None
+        return self.pattern_violations is not None and not any(self.pattern_violations.values())
+
+    def pattern_line(self) -> Optional[str]:
+        """One sentence stating the pattern and what the checker found, or None without a pattern."""
+        if self.pattern is None:
+            return None
+        n, m = self.pattern.split(":")
+        if self.pattern_verified:
+            return (f"N:M pattern {self.pattern}: verified, every group of {m} consecutive weights along the input "
+                    f"dimension of every module keeps at most {n}.")
+        bad = {k: v for k, v in (self.pattern_violations or {}).items() if v}
+        shown = ", ".join(f"{k} ({v})" for k, v in list(bad.items())[:5]) + (" ..." if len(bad) > 5 else "")
+        return (f"N:M pattern {self.pattern}: NOT verified, {sum(bad.values())} groups keep more than {n} of {m} "
+                f"in {len(bad)} modules: {shown or 'not checked'}.")
 
     @property
     def numel(self) -> int:
@@ -48,8 +72,16 @@ class SparsityReport:
     def achieved(self) -> float:
         return self.zeros / self.numel if self.numel else 0.0
 
+    def pattern_fields(self) -> dict:
+        """The pattern entries of a JSON record (none without a pattern)."""
+        if self.pattern is None:
+            return {}
+        return {"pattern": self.pattern, "pattern_verified": self.pattern_verified,
+                "pattern_violations": {k: v for k, v in (self.pattern_violations or {}).items() if v}}
+
     def to_dict(self) -> dict:
         return {
+            **self.pattern_fields(),
             "target": self.target,
             "achieved": self.achieved,
             "selected_numel": self.numel,
@@ -67,6 +99,8 @@ class SparsityReport:
         lines = ["| module | weights | target | achieved |", "|---|---:|---:|---:|"]
         lines += [f"| {m.name} | {m.numel:,} | {pct(m.target)} | {pct(m.achieved)} |" for m in self.modules]
         lines.append(f"| **overall** | {self.numel:,} | {pct(self.target)} | {pct(self.achieved)} |")
+        if self.pattern is not None:
+            lines += ["", self.pattern_line()]
         return "\n".join(lines)
 
     __str__ = to_markdown
@@ -89,6 +123,7 @@ def sparsity_block(
             for m in report.modules
         },
         "smc_hf_version": __version__,
+        **report.pattern_fields(),
     }
     block.update(extra)
     return block
@@ -100,7 +135,14 @@ def report_from_block(block: dict) -> SparsityReport:
         ModuleSparsity(name, int(m.get("numel", 0)), int(m.get("zeros", 0)), m.get("target"))
         for name, m in block.get("modules", {}).items()
     ]
-    return SparsityReport(modules, block.get("target"))
+    pattern = block.get("pattern")
+    violations = None
+    if pattern is not None:
+        violations = {m.name: 0 for m in modules}
+        violations.update({k: int(v) for k, v in (block.get("pattern_violations") or {}).items()})
+        if block.get("pattern_verified") is False and not any(violations.values()):
+            violations = None  # recorded as failed without counts: stay unverified
+    return SparsityReport(modules, block.get("target"), pattern, violations)
 
 
 def write_config_block(output_dir: str, block: dict) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
+from ..core import owl  # noqa: F401  (registers the 'owl' distribution beside uniform, global and erk)
 from ..core.allocation import allocate
 from ..core.context import PruneContext
 from ..core.criteria import CRITERIA
+from ..core.patterns import check_shape, input_dims, nm_keep_mask
 from .registry import METHODS
 
 
@@ -67,6 +69,10 @@ class SparsityMethod:
     #: legends of its `name:initial_mask` specs.
     legend: ClassVar[Optional[Legend]] = None
     initial_mask_legends: ClassVar[dict[str, Legend]] = {}
+    #: Whether an N:M `pattern` can shape the method's masks: not for methods whose per-layer sparsity changes
+    #: over training (`pattern_conflict` says how, for the error).
+    supports_pattern: ClassVar[bool] = True
+    pattern_conflict: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -83,7 +89,8 @@ class SparsityMethod:
 
     def __init__(self, config):
         self.config = config
-        self.distribution = config.distribution or self.default_distribution
+        #: None with an N:M pattern: the pattern, not a distribution, says how many weights each layer keeps.
+        self.distribution = None if config.pattern else (config.distribution or self.default_distribution)
         self.current_sparsity = 0.0
 
     @classmethod
@@ -100,6 +107,18 @@ class SparsityMethod:
     # -- events ----------------------------------------------------------------------------------------
     def setup(self, ctx: PruneContext) -> None:
         """Resolve schedules against the round's length; raise before the first step if they do not fit."""
+        self.check_pattern(ctx)
+
+    def check_pattern(self, ctx: PruneContext) -> dict[str, int]:
+        """The input dimension of every selected weight for the config's N:M pattern ({} without one); an error
+        naming the layer when one cannot hold it, before any training or scoring."""
+        pattern = self.config.nm_pattern
+        if pattern is None:
+            return {}
+        dims = input_dims(ctx.model, ctx.masks.names)
+        for name, dim in dims.items():
+            check_shape(ctx.masks.shapes[name], pattern, dim, name)
+        return dims
 
     def on_round_begin(self, ctx: PruneContext) -> None:
         """Before the round's first step (before-training methods prune here)."""
@@ -126,16 +145,28 @@ class SparsityMethod:
             return {"batches": self.config.snip_batches, "train_mode": self.config.snip_train_mode}
         return {}
 
+    def distribution_options(self) -> dict[str, Any]:
+        """The keyword options the distributions read from this method's config (each takes its own)."""
+        c = self.config
+        return {"erk_power_scale": c.erk_power_scale, "owl_threshold_m": c.owl_threshold_m,
+                "owl_lambda": c.owl_lambda}
+
     def prune_to(self, ctx: PruneContext, sparsity: float, criterion: str | None = None) -> None:
         """Set masks that prune the lowest-scored weights down to `sparsity` (scored by `criterion`, default the
-        method's own); the caller applies them."""
+        method's own), spread by the distribution, or with the config's N:M pattern the N best of every M
+        consecutive weights of each layer (sparsity 1 - N/M); the caller applies them."""
         if self.skip_reached_targets and round(sparsity * ctx.masks.numel()) <= ctx.masks.pruned():
             self.current_sparsity = max(self.current_sparsity, sparsity)
             return
+        dims = self.check_pattern(ctx)
         name = criterion or self.criterion
         scores = CRITERIA.get(name)(ctx, **self.criterion_options(name))
         compensate = getattr(scores, "compensate", None)
-        masks = allocate(scores, sparsity, self.distribution, erk_power_scale=self.config.erk_power_scale)
+        if dims:  # the pattern fixes every layer at 1 - N/M: no distribution
+            pattern = self.config.nm_pattern
+            masks = {n: nm_keep_mask(s, pattern, dims[n], n) for n, s in scores.items()}
+        else:
+            masks = allocate(scores, sparsity, self.distribution, **self.distribution_options())
         del scores
         if compensate is not None:
             compensate(masks)

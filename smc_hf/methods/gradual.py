@@ -21,6 +21,8 @@ class GMP(SparsityMethod):
     timing = "during"
     events = frozenset({"after_optimizer_step"})
     legend = Legend("GMP (During)", 4, "#2ca02c", "D")
+    supports_pattern = False
+    pattern_conflict = "raises the sparsity of every layer gradually from 0"
     #: The release's initial_prune_time and final_prune_time, as fractions of training.
     default_begin = 0.1
     default_end = 0.8

@@ -57,6 +57,8 @@ class LTH(SparsityMethod):
     events = frozenset({"after_optimizer_step"})
     legend = Legend("LTH (After)", 1, "#d62728", "o")
     rounds_are_tickets = True
+    supports_pattern = False
+    pattern_conflict = "prunes a fraction of the remaining weights in each round"
 
     def __init__(self, config):
         super().__init__(config)

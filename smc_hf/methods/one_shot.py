@@ -6,6 +6,7 @@ import logging
 import os
 
 from ..core.context import PruneContext
+from ..core.patterns import nm_violations
 from ..io.mask_file import MASKS_FILE
 from .base import Legend, SparsityMethod
 from .registry import METHODS
@@ -61,7 +62,23 @@ class Fixed(SparsityMethod):
                     "exactly zero", MASKS_FILE, source,
                 )
                 ctx.masks.update({n: p.detach() != 0 for n, p in ctx.masks.named_parameters()})
+        self._verify_pattern(ctx)
         self.current_sparsity = ctx.masks.pruned() / ctx.masks.numel()
+
+    def _verify_pattern(self, ctx: PruneContext) -> None:
+        """With a `pattern`, the mask found must keep at most N of every M weights in every group."""
+        pattern = self.config.nm_pattern
+        if pattern is None:
+            return
+        dims = self.check_pattern(ctx)
+        bad = {n: v for n, v in nm_violations(ctx.masks.mask_dict(), pattern, dims, exact=False).items() if v}
+        if bad:
+            shown = ", ".join(f"{n} ({v} groups)" for n, v in list(bad.items())[:5])
+            raise ValueError(
+                f"method 'fixed' with pattern {pattern}: the mask keeps more than {pattern.n} of {pattern.m} weights "
+                f"in {sum(bad.values())} groups of {len(bad)} layers: {shown}; prune with --pattern {pattern} first, "
+                "or drop the pattern to keep this mask as it is"
+            )
 
     one_shot = on_round_begin
 

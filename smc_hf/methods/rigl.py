@@ -55,6 +55,8 @@ class RigL(SparsityMethod):
     timing = "before"
     events = frozenset({"before_optimizer_step", "after_optimizer_step"})
     initial_masks = tuple(INITS)
+    supports_pattern = False
+    pattern_conflict = "moves connections anywhere inside each layer at every update"
     initial_mask_legends = {
         "snip": Legend("SNIP+RIGL (Before)", 6, "#8c564b", "<"),
         "random": Legend("Random+RIGL (Before)", 8, "#7f7f7f", "p"),

@@ -25,6 +25,10 @@ from .task_source import task_provider
 
 logger = logging.getLogger(__name__)
 
+#: The distributions `--streaming` resolves shard by shard.
+STREAMING_DISTRIBUTIONS = ("global", "uniform", "erk")
+
+
 def _arg(default, help: str):
     return field(default=default, metadata={"help": help})
 
@@ -76,6 +80,12 @@ def check_method(config: SparsityConfig, options: PruneCheckpointArguments) -> N
     if not method.one_shot_capable:
         raise ValueError(f"method {config.method!r} needs training; smc-prune runs one-shot methods "
                          f"({', '.join(n for n in METHODS.names() if METHODS.get(n).one_shot_capable)})")
+    if options.streaming and config.pattern:
+        raise ValueError(f"streaming pruning does not apply N:M patterns (pattern = {config.pattern}); run "
+                         "without --streaming")
+    if options.streaming and config.distribution not in (None,) + STREAMING_DISTRIBUTIONS:
+        raise ValueError(f"streaming pruning spreads sparsity by {', '.join(STREAMING_DISTRIBUTIONS)}; "
+                         f"distribution {config.distribution!r} needs the model in memory (run without --streaming)")
     if method.needs_data and not (options.calibration_task or options.calibration_file):
         raise ValueError(f"method {config.method!r} scores weights with gradients: pass calibration_task or "
                          "calibration_file (--calibration-task / --calibration-file)")

@@ -1,0 +1,144 @@
+"""OWL, Outlier Weighed Layerwise sparsity (Yin et al., ICML 2024): blocks with more outlier scores stay denser.
+
+As the authors' code (luuyin/OWL, `lib/prune_all.py`, `prune_*_outlier`):
+1. A "layer" is a transformer block: every selected weight whose name shares the prefix up to its first integer
+   component (`bert.encoder.layer.3`, `model.layers.11`); a weight with no integer in its name is a block alone.
+2. Outlier ratio D_b: the fraction of the block's scores (all its weights together) above M times their mean
+   (`owl_threshold_m`, the paper's M = 5; already-pruned -inf scores are left out of both).
+3. r_b = (D_b - min D) / (max D - min D) * 2 lambda (`owl_lambda`, the paper's 0.08), so r is in [0, 2 lambda];
+   block sparsity s_b = s - (r_b - mean r): the highest outlier ratio gets s - lambda-ish, the lowest s + lambda-ish.
+   All D equal: every block gets s.
+
+Where this goes beyond the code, to keep counts exact: the mean of r is weighted by block size (the code's plain
+mean, since its blocks are equal), so sum_b s_b n_b = s N; block sparsities are clipped to [already pruned, 1] by
+one shift t found by bisection (sum of clip((s_b + t) n_w) = round(s N)), where the code clamps s_b at 0.01 and
+misses the total; each weight w of block b gets the real count (s_b + t) n_w, rounded down, and the shortfall to
+round(s N) goes one weight each to the largest fractional parts (ties: selection order). Within each weight the
+lowest scores are pruned by the `uniform` distribution. Scores are the criterion's (the code uses Wanda's
+|W| ||X|| to find outliers whatever the pruning criterion; run `wanda` for that).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from .allocation import DISTRIBUTIONS
+
+#: The paper's hyperparameters (the README's commands): outlier threshold M and sparsity spread lambda.
+DEFAULT_THRESHOLD_M = 5.0
+DEFAULT_LAMBDA = 0.08
+
+_BLOCK = re.compile(r"^(.*?(?:^|\.)\d+)(?:\.|$)")
+
+
+def block_of(name: str) -> str:
+    """The transformer block a parameter belongs to: its name up to the first integer component, else itself."""
+    match = _BLOCK.match(name)
+    return match.group(1) if match else name
+
+
+def outlier_ratio(scores: list[torch.Tensor], threshold_m: float) -> float:
+    """Fraction of the finite scores (all tensors together) above `threshold_m` times their mean."""
+    total, finite, sums = 0, 0, 0.0
+    for s in scores:
+        ok = torch.isfinite(s)
+        finite += int(ok.sum())
+        sums += float(s.float()[ok].sum(dtype=torch.float64))
+    if finite == 0:
+        return 0.0
+    threshold = threshold_m * (sums / finite)
+    for s in scores:
+        total += int(((s > threshold) & torch.isfinite(s)).sum())
+    return total / finite
+
+
+def block_sparsities(ratios: list[float], sizes: list[int], sparsity: float, lam: float) -> list[float]:
+    """OWL's block sparsities from outlier ratios: ratios min-max scaled to [0, 2 lam], centred on their mean
+    weighted by `sizes`, subtracted from `sparsity` (more outliers, less pruning)."""
+    low, high = min(ratios), max(ratios)
+    if high == low:
+        return [sparsity] * len(ratios)
+    spread = [(d - low) / (high - low) * 2 * lam for d in ratios]
+    mean = sum(r * n for r, n in zip(spread, sizes)) / sum(sizes)
+    return [sparsity - (r - mean) for r in spread]
+
+
+def exact_counts(desired: list[float], sizes: list[int], lower: list[int], total: int) -> list[int]:
+    """Integer prune counts c_i in [lower_i, sizes_i] summing to `total`, as near `desired_i * sizes_i` as one
+    common shift t allows: c_i from clip((desired_i + t) * sizes_i), t by bisection, then floors and the
+    shortfall to the largest fractional parts (ties: lower index)."""
+    if not sum(lower) <= total <= sum(sizes):
+        raise ValueError(f"cannot prune {total} weights when at least {sum(lower)} and at most {sum(sizes)} can be")
+
+    def real(t: float) -> list[float]:
+        return [min(max((d + t) * n, lo), n) for d, n, lo in zip(desired, sizes, lower)]
+
+    lo_t, hi_t = -2.0 - max(desired, default=0.0), 2.0 - min(desired, default=0.0)
+    for _ in range(200):
+        mid = (lo_t + hi_t) / 2
+        if sum(real(mid)) < total:
+            lo_t = mid
+        else:
+            hi_t = mid
+    exact = real(hi_t)
+    counts = [max(lo, min(n, math.floor(x))) for x, n, lo in zip(exact, sizes, lower)]
+    shortfall = total - sum(counts)
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - math.floor(exact[i])), i))
+    while shortfall > 0:
+        moved = 0
+        for i in order:
+            if shortfall == 0:
+                break
+            if counts[i] < sizes[i]:
+                counts[i] += 1
+                shortfall -= 1
+                moved += 1
+        if not moved:  # pragma: no cover - the bound check above makes room
+            raise RuntimeError("OWL: no layer can take the remaining prune counts")
+    for i in reversed(order):  # float excess (never more than a weight or two): take back from the smallest parts
+        while shortfall < 0 and counts[i] > lower[i]:
+            counts[i] -= 1
+            shortfall += 1
+    return counts
+
+
+def owl_prune_counts(
+    scores: dict[str, torch.Tensor], sparsity: float, threshold_m: float = DEFAULT_THRESHOLD_M,
+    lam: float = DEFAULT_LAMBDA,
+) -> dict[str, int]:
+    """Weights to prune per selected parameter under OWL, summing to round(sparsity * N)."""
+    blocks: dict[str, list[str]] = {}
+    for name in scores:
+        blocks.setdefault(block_of(name), []).append(name)
+    ratios = [outlier_ratio([scores[n] for n in names], threshold_m) for names in blocks.values()]
+    sizes = [sum(scores[n].numel() for n in names) for names in blocks.values()]
+    per_block = dict(zip(blocks, block_sparsities(ratios, sizes, sparsity, lam)))
+    names = list(scores)
+    numels = [scores[n].numel() for n in names]
+    pruned = [int(torch.isneginf(scores[n]).sum()) for n in names]
+    total = round(sparsity * sum(numels))
+    if sum(pruned) > total:  # a lower target than the masks already prune: no lower bound can be kept
+        pruned = [0] * len(names)
+    counts = exact_counts([per_block[block_of(n)] for n in names], numels, pruned, total)
+    return dict(zip(names, counts))
+
+
+@DISTRIBUTIONS.register("owl")
+def owl(
+    scores: dict[str, torch.Tensor], sparsity: float, owl_threshold_m: float = DEFAULT_THRESHOLD_M,
+    owl_lambda: float = DEFAULT_LAMBDA, **_,
+) -> dict[str, torch.Tensor]:
+    counts = owl_prune_counts(scores, sparsity, owl_threshold_m, owl_lambda)
+    uniform = DISTRIBUTIONS.get("uniform")
+    masks = {}
+    for name, score in scores.items():
+        n = score.numel()
+        masks.update(uniform({name: score}, counts[name] / n if n else 0.0))  # round(k / n * n) == k exactly
+    return masks
+
+
+__all__ = ["DEFAULT_LAMBDA", "DEFAULT_THRESHOLD_M", "block_of", "block_sparsities", "exact_counts", "outlier_ratio",
+           "owl", "owl_prune_counts"]
