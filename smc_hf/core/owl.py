@@ -10,12 +10,13 @@ As the authors' code (luuyin/OWL, `lib/prune_all.py`, `prune_*_outlier`):
    All D equal: every block gets s.
 
 Where this goes beyond the code, to keep counts exact: the mean of r is weighted by block size (the code's plain
-mean, since its blocks are equal), so sum_b s_b n_b = s N; block sparsities are clipped to [already pruned, 1] by
-one shift t found by bisection (sum of clip((s_b + t) n_w) = round(s N)), where the code clamps s_b at 0.01 and
-misses the total; each weight w of block b gets the real count (s_b + t) n_w, rounded down, and the shortfall to
-round(s N) goes one weight each to the largest fractional parts (ties: selection order). Within each weight the
-lowest scores are pruned by the `uniform` distribution. Scores are the criterion's (the code uses Wanda's
-|W| ||X|| to find outliers whatever the pruning criterion; run `wanda` for that).
+mean, since its blocks are equal), so sum_b s_b n_b = s N; then one common shift t, found by bisection, clips
+block sparsities to [already pruned, 1] and makes sum of clip((s_b + t) n_w) = round(s N) (t = 0 when nothing
+clips; the code clamps s_b at 0.01 and misses the total); each weight w of block b gets the real count
+(s_b + t) n_w, rounded down, and the shortfall to round(s N) goes one weight each to the largest fractional parts
+(ties: selection order). Within each weight the lowest scores are pruned by the `uniform` distribution. Scores are
+the criterion's (the code finds outliers in Wanda's |W| ||X|| whatever the pruning criterion: the two agree
+under `wanda`).
 """
 
 from __future__ import annotations
