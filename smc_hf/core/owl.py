@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 import torch
 
@@ -41,19 +42,25 @@ def block_of(name: str) -> str:
     return match.group(1) if match else name
 
 
+def _stats(scores: torch.Tensor) -> tuple[int, float, int]:
+    """(finite count, sum of the finite scores, count of -inf, i.e. already pruned) of one tensor."""
+    finite = torch.isfinite(scores)
+    total = float(scores.float()[finite].sum(dtype=torch.float64))
+    return int(finite.sum()), total, int(torch.isneginf(scores).sum())
+
+
+def _outliers(scores: torch.Tensor, threshold: float) -> int:
+    return int(((scores > threshold) & torch.isfinite(scores)).sum())
+
+
 def outlier_ratio(scores: list[torch.Tensor], threshold_m: float) -> float:
     """Fraction of the finite scores (all tensors together) above `threshold_m` times their mean."""
-    total, finite, sums = 0, 0, 0.0
-    for s in scores:
-        ok = torch.isfinite(s)
-        finite += int(ok.sum())
-        sums += float(s.float()[ok].sum(dtype=torch.float64))
+    stats = [_stats(s) for s in scores]
+    finite = sum(f for f, _, _ in stats)
     if finite == 0:
         return 0.0
-    threshold = threshold_m * (sums / finite)
-    for s in scores:
-        total += int(((s > threshold) & torch.isfinite(s)).sum())
-    return total / finite
+    threshold = threshold_m * sum(t for _, t, _ in stats) / finite
+    return sum(_outliers(s, threshold) for s in scores) / finite
 
 
 def block_sparsities(ratios: list[float], sizes: list[int], sparsity: float, lam: float) -> list[float]:
@@ -107,19 +114,35 @@ def exact_counts(desired: list[float], sizes: list[int], lower: list[int], total
 
 
 def owl_prune_counts(
-    scores: dict[str, torch.Tensor], sparsity: float, threshold_m: float = DEFAULT_THRESHOLD_M,
-    lam: float = DEFAULT_LAMBDA,
+    scores: Mapping, sparsity: float, threshold_m: float = DEFAULT_THRESHOLD_M, lam: float = DEFAULT_LAMBDA,
 ) -> dict[str, int]:
-    """Weights to prune per selected parameter under OWL, summing to round(sparsity * N)."""
-    blocks: dict[str, list[str]] = {}
-    for name in scores:
-        blocks.setdefault(block_of(name), []).append(name)
-    ratios = [outlier_ratio([scores[n] for n in names], threshold_m) for names in blocks.values()]
-    sizes = [sum(scores[n].numel() for n in names) for names in blocks.values()]
-    per_block = dict(zip(blocks, block_sparsities(ratios, sizes, sparsity, lam)))
+    """Weights to prune per selected parameter under OWL, summing to round(sparsity * N).
+
+    Reads each layer's scores twice, one layer at a time (`LayerScores` recompute them: never all held at once):
+    once for its size, finite sum and already-pruned count, once for its outliers against its block's threshold.
+    """
     names = list(scores)
-    numels = [scores[n].numel() for n in names]
-    pruned = [int(torch.isneginf(scores[n]).sum()) for n in names]
+    stats = {}
+    for name in names:
+        layer = scores[name]
+        stats[name] = (layer.numel(), *_stats(layer))
+        del layer
+    blocks: dict[str, list[str]] = {}
+    for name in names:
+        blocks.setdefault(block_of(name), []).append(name)
+    thresholds = {}
+    for block, members in blocks.items():
+        finite = sum(stats[n][1] for n in members)
+        thresholds[block] = threshold_m * sum(stats[n][2] for n in members) / finite if finite else math.inf
+    outliers = {name: _outliers(scores[name], thresholds[block_of(name)]) for name in names}
+    ratios = []
+    for members in blocks.values():
+        finite = sum(stats[n][1] for n in members)
+        ratios.append(sum(outliers[n] for n in members) / finite if finite else 0.0)
+    sizes = [sum(stats[n][0] for n in members) for members in blocks.values()]
+    per_block = dict(zip(blocks, block_sparsities(ratios, sizes, sparsity, lam)))
+    numels = [stats[n][0] for n in names]
+    pruned = [stats[n][3] for n in names]
     total = round(sparsity * sum(numels))
     if sum(pruned) > total:  # a lower target than the masks already prune: no lower bound can be kept
         pruned = [0] * len(names)
@@ -129,15 +152,16 @@ def owl_prune_counts(
 
 @DISTRIBUTIONS.register("owl")
 def owl(
-    scores: dict[str, torch.Tensor], sparsity: float, owl_threshold_m: float = DEFAULT_THRESHOLD_M,
+    scores: Mapping, sparsity: float, owl_threshold_m: float = DEFAULT_THRESHOLD_M,
     owl_lambda: float = DEFAULT_LAMBDA, **_,
 ) -> dict[str, torch.Tensor]:
     counts = owl_prune_counts(scores, sparsity, owl_threshold_m, owl_lambda)
     uniform = DISTRIBUTIONS.get("uniform")
     masks = {}
-    for name, score in scores.items():
-        n = score.numel()
-        masks.update(uniform({name: score}, counts[name] / n if n else 0.0))  # round(k / n * n) == k exactly
+    for name in scores:  # one layer's scores at a time; round(k / n * n) == k exactly in float64
+        layer = scores[name]
+        masks.update(uniform({name: layer}, counts[name] / layer.numel() if layer.numel() else 0.0))
+        del layer
     return masks
 
 
