@@ -1,8 +1,10 @@
 """Where scores come from: one float score per selected weight, higher means more worth keeping.
 
-Every criterion has one signature, `criterion(ctx, **options) -> Scores`: the options are the criterion's own
-knobs (SNIP's number of batches, oBERT's block size), which a method supplies from its config through
-`SparsityMethod.criterion_options`. A criterion that can also repair the weights it keeps (oBERT's OBS update)
+Every criterion has one signature, `criterion(ctx, **options) -> Scores | LayerScores`. Scores that need
+calibration (SNIP, oBERT, gradients) are stored, one float per weight; scores a layer's weights determine
+(magnitude, random) are a `LayerScores`, recomputed per layer whenever allocation reads them. The options are
+the criterion's own knobs (SNIP's number of batches, oBERT's block size), which a method supplies from its
+config through `SparsityMethod.criterion_options`. A criterion that can also repair the weights it keeps (oBERT's OBS update)
 says so with `Scores.compensate`, which the method calls with the allocated keep-masks.
 """
 
