@@ -59,8 +59,8 @@ class RadixSelect:
         counts = torch.bincount(high_buckets(keys, out), minlength=BUCKETS)
         if self.high is None:
             self.high = counts
-        else:
-            self.high += counts
+        else:  # layers may sit on different devices: the tables stay on the first one's
+            self.high += counts.to(self.high.device)
 
     def find_bucket(self) -> int:
         """Fix the bucket that holds the k-th smallest key (after pass 1); returns it."""
@@ -84,13 +84,14 @@ class RadixSelect:
         """(positions, low 16 bits) of the keys of `keys` (flattened) that lie in the bucket, positions ascending."""
         flat = keys.reshape(-1)
         out = scratch.reshape(-1)[:flat.numel()] if scratch is not None else None
-        positions = (high_buckets(flat, out) == self.bucket).nonzero().squeeze(1)
+        high = torch.bitwise_right_shift(flat, 16, out=out) if out is not None else flat >> 16
+        positions = (high == self.bucket - _HALF).nonzero().squeeze(1)
         return positions, flat[positions].bitwise_and_(0xFFFF)
 
     def add_lows(self, lows: torch.Tensor) -> None:
         """Count low halves already taken from the bucket (by `bucket_members`)."""
         if lows.numel():
-            self.low += torch.bincount(lows, minlength=BUCKETS)
+            self.low += torch.bincount(lows, minlength=BUCKETS).to(self.low.device)
 
     def add_low(self, keys: torch.Tensor, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Count the low 16 bits of the keys in the bucket; returns those low halves, in position order (a
