@@ -110,6 +110,20 @@ def test_random_streaming_is_exact_and_reproducible(tmp_path):
     assert any(not torch.equal(a[n], c[n]) for n in a)
 
 
+@pytest.mark.parametrize("distribution", ["uniform", "global"])
+def test_random_streaming_masks_equal_prune_model_for_the_same_seed(tmp_path, distribution):
+    """Both paths draw each layer's scores from a generator seeded by (seed, round, layer name), so the
+    masks agree whatever the chunk size and shard layout."""
+    source = _checkpoint(tmp_path / "src")
+    cfg = SparsityConfig(method="random", sparsity=0.4, distribution=distribution, mask_seed=11)
+    prune_checkpoint_streaming(source, str(tmp_path / "out"), cfg, progress=False)
+    got = read_masks(str(tmp_path / "out" / MASKS_FILE))
+    masks = prune_model(tiny_roberta(), cfg)
+    assert set(got) == set(masks.names)
+    for name, mask in masks.masks.items():
+        assert torch.equal(got[name], mask), name
+
+
 def test_an_interrupted_run_leaves_no_output_and_resumes_without_redoing_the_passes(tmp_path, monkeypatch):
     source = _checkpoint(tmp_path / "src")
     cfg = SparsityConfig(method="omp", sparsity=0.5)
