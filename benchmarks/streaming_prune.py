@@ -57,16 +57,16 @@ def generate(folder: str, preset: str) -> dict:
     with init_empty_weights():
         model = LlamaForCausalLM(config)
     tensors = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
-    shard_bytes = -(-sum(4 * int(torch.Size(s).numel()) for _, s in tensors) // n_shards) * 1.02
+    shard_bytes = sum(4 * int(torch.Size(s).numel()) for _, s in tensors) / n_shards
     shards, current, size = [], [], 0
-    for name, shape in tensors:
-        nbytes = 4 * int(torch.Size(shape).numel())
-        if current and size + nbytes > shard_bytes:
+    for name, shape in tensors:  # a shard closes once it reaches 1/n of the total: at most n shards
+        current.append((name, shape))
+        size += 4 * int(torch.Size(shape).numel())
+        if size >= shard_bytes:
             shards.append(current)
             current, size = [], 0
-        current.append((name, shape))
-        size += nbytes
-    shards.append(current)
+    if current:
+        shards.append(current)
     os.makedirs(folder, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
     weight_map, total = {}, 0

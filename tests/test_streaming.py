@@ -13,7 +13,7 @@ from smc_hf.core.allocation import ordered_keys, prune_lowest
 from smc_hf.io.sparsity_block import read_sparsity_block
 from smc_hf.io.mask_file import read_masks
 from smc_hf.io.safetensors_io import SafetensorsWriter, TensorInfo
-from smc_hf.pruning.streaming import ExactThreshold, prune_checkpoint_streaming
+from smc_hf.pruning.streaming import BandThreshold, ExactThreshold, Scratch, guess_band, prune_checkpoint_streaming
 from tests.helpers import tiny_roberta
 
 
@@ -90,6 +90,74 @@ def test_exact_threshold_counts_ties_in_group_order():
         expected = prune_lowest(list(keys.values()), k)
         assert all(torch.equal(m, e) for m, e in zip(masks, expected)), k
         assert sum(int((~m).sum()) for m in masks) == k
+
+
+def _band_masks(keys: dict, k: int, band: tuple[int, int], budget: int = 10**9):
+    """Masks from one `BandThreshold` pass over `keys` in pieces of CHUNK, or None when it cannot resolve."""
+    finder = BandThreshold(k, *band, budget=budget)
+    scratch = Scratch()
+    for name, chunk in keys.items():
+        for piece in chunk.split(streaming.CHUNK):
+            finder.add(piece, scratch)
+        finder.close(name)
+    found = finder.resolve(list(keys))
+    if found is None:
+        return None
+    threshold, quotas = found
+    masks = []
+    for name, chunk in keys.items():
+        parts, quota = [], quotas[name]
+        for piece in chunk.split(streaming.CHUNK):
+            keep, quota = streaming.prune_chunk(piece, threshold, quota)
+            parts.append(keep)
+        masks.append(torch.cat(parts))
+    return masks
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "all_equal", "zeros"])
+def test_band_threshold_equals_prune_lowest_or_declines(kind):
+    """One pass with a sampled band gives prune_lowest's masks, ties included; a band that misses the k-th key
+    or outgrows its budget declines (None) instead of guessing."""
+    torch.manual_seed(0)
+    make = {
+        "continuous": lambda n: torch.randn(n).abs(),
+        "ties": lambda n: torch.randint(0, 5, (n,)).float(),
+        "all_equal": lambda n: torch.full((n,), 0.25),
+        "zeros": lambda n: torch.where(torch.rand(n) < 0.4, 0.0, torch.rand(n)),
+    }[kind]
+    keys = {n: ordered_keys(make(size)) for n, size in (("a", 3000), ("b", 1777), ("c", 50), ("d", 4096))}
+    total = sum(t.numel() for t in keys.values())
+    for k in (1, 37, 431, total // 2, total - 5, total):
+        samples = [(t[::7].clone(), t.numel()) for t in keys.values()]
+        masks = _band_masks(keys, k, guess_band(samples, k, total))
+        expected = prune_lowest(list(keys.values()), k)
+        if kind == "continuous" and 1 < k < total:
+            assert masks is not None, k
+        if masks is not None:
+            assert all(torch.equal(m, e) for m, e in zip(masks, expected)), k
+            assert sum(int((~m).sum()) for m in masks) == k
+    all_keys = torch.cat(list(keys.values()))
+    kth = int(all_keys.kthvalue(total // 2).values)
+    assert _band_masks(keys, total // 2, (kth + 1, kth + 1000)) is None  # band above the k-th key
+    assert _band_masks(keys, total // 2, (0, 2**31 - 1), budget=10) is None  # band over budget
+
+
+@pytest.mark.parametrize("miss", ["band", "budget"])
+def test_a_missed_band_falls_back_to_histogram_passes_with_the_same_masks(tmp_path, monkeypatch, miss):
+    source = _checkpoint(tmp_path / "src", _quantised_model())
+    cfg = SparsityConfig(method="omp", sparsity=0.6)
+    calls = []
+    fallback = streaming._histogram_threshold
+    monkeypatch.setattr(streaming, "_histogram_threshold", lambda *a: calls.append(1) or fallback(*a))
+    if miss == "band":
+        monkeypatch.setattr(streaming, "guess_band", lambda *a: (0, 1))  # only exact zeros inside
+    else:
+        monkeypatch.setattr(streaming, "BandThreshold", lambda k, lo, hi, budget: BandThreshold(k, lo, hi, 3))
+    prune_checkpoint_streaming(source, str(tmp_path / "out"), cfg, progress=False)
+    assert calls == [1]
+    got = read_masks(str(tmp_path / "out" / MASKS_FILE))
+    for name, mask in prune_model(_quantised_model(), cfg).masks.items():
+        assert torch.equal(got[name], mask), name
 
 
 def test_random_streaming_is_exact_and_reproducible(tmp_path):
