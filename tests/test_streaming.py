@@ -13,7 +13,7 @@ from smc_hf.core.allocation import ordered_keys, prune_lowest
 from smc_hf.io.sparsity_block import read_sparsity_block
 from smc_hf.io.mask_file import read_masks
 from smc_hf.io.safetensors_io import SafetensorsWriter, TensorInfo
-from smc_hf.pruning.streaming import BandThreshold, ExactThreshold, Scratch, guess_band, prune_checkpoint_streaming
+from smc_hf.pruning.streaming import BandThreshold, Scratch, guess_band, prune_checkpoint_streaming
 from tests.helpers import tiny_roberta
 
 
@@ -62,34 +62,6 @@ def test_streaming_matches_prune_model_bit_for_bit(tmp_path, distribution, quant
     for name, module in block["modules"].items():
         assert module["zeros"] == int((pruned.state_dict()[name] == 0).sum()), name
     assert block["streaming"] is True and block["distribution"] == distribution
-
-
-def test_exact_threshold_counts_ties_in_group_order():
-    torch.manual_seed(0)
-    groups = {"a": torch.randint(0, 5, (1000,)).float(), "b": torch.randint(0, 5, (777,)).float(),
-              "c": torch.zeros(50)}
-    keys = {n: ordered_keys(t) for n, t in groups.items()}
-    for k in (1, 50, 431, 1000, 1827):
-        finder = ExactThreshold(k)
-        for chunk in keys.values():
-            for piece in chunk.split(64):
-                finder.count_high(piece)
-        finder.resolve_bin()
-        for name, chunk in keys.items():
-            for piece in chunk.split(64):
-                finder.count_low(name, piece)
-        threshold = finder.resolve()
-        quotas = finder.quotas(list(keys))
-        masks = []
-        for name, chunk in keys.items():
-            parts, quota = [], quotas[name]
-            for piece in chunk.split(64):
-                keep, quota = streaming.prune_chunk(piece, threshold, quota)
-                parts.append(keep)
-            masks.append(torch.cat(parts))
-        expected = prune_lowest(list(keys.values()), k)
-        assert all(torch.equal(m, e) for m, e in zip(masks, expected)), k
-        assert sum(int((~m).sum()) for m in masks) == k
 
 
 def _band_masks(keys: dict, k: int, band: tuple[int, int], budget: int = 10**9):
@@ -143,12 +115,12 @@ def test_band_threshold_equals_prune_lowest_or_declines(kind):
 
 
 @pytest.mark.parametrize("miss", ["band", "budget"])
-def test_a_missed_band_falls_back_to_histogram_passes_with_the_same_masks(tmp_path, monkeypatch, miss):
+def test_a_missed_band_falls_back_to_radix_passes_with_the_same_masks(tmp_path, monkeypatch, miss):
     source = _checkpoint(tmp_path / "src", _quantised_model())
     cfg = SparsityConfig(method="omp", sparsity=0.6)
     calls = []
-    fallback = streaming._histogram_threshold
-    monkeypatch.setattr(streaming, "_histogram_threshold", lambda *a: calls.append(1) or fallback(*a))
+    fallback = streaming._radix_threshold
+    monkeypatch.setattr(streaming, "_radix_threshold", lambda *a: calls.append(1) or fallback(*a))
     if miss == "band":
         monkeypatch.setattr(streaming, "guess_band", lambda *a: (0, 1))  # only exact zeros inside
     else:

@@ -95,13 +95,6 @@ def random_draws(seed: int, round_index: int, sizes: list[int]) -> LayerDraws:
     return LayerDraws(derived_seed(seed, round_index), sizes)
 
 
-def random_draws(seed: int, round_index: int, sizes: list[int]) -> LayerDraws:
-    """The random criterion's numbers for layers of `sizes` (selection order) in round `round_index`: one
-    `torch.rand` per layer from a generator seeded by `derived_seed(seed, round)`. Streaming pruning draws its
-    random scores here too, so its masks equal the in-memory ones for the same seed."""
-    return LayerDraws(derived_seed(seed, round_index), sizes)
-
-
 @CRITERIA.register("snip")
 def snip(ctx: PruneContext, batches: int = 1, train_mode: bool = False) -> Scores:
     """SNIP connection sensitivity (Lee et al. 2019): |grad * w| of the task loss, summed over `batches`

@@ -13,7 +13,7 @@ Global distribution, exact, in one read pass plus the write pass:
    distinct values and counts (about 1% of the weights); the k-th smallest key T and each tensor's share of
    the ties at T (selection order first, as `prune_lowest`) follow from them;
 3. the write pass reads each tensor once more and writes it pruned.
-Should the band miss the k-th key or outgrow its memory budget, two histogram passes (`ExactThreshold`) over
+Should the band miss the k-th key or outgrow its memory budget, two radix passes (`smc_hf.core.radix`) over
 the selected weights find it instead: slower, same masks. `uniform` and `erk` need no global pass: each
 tensor's keys are ranked in memory (one tensor's int32 keys) when it is written.
 
@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from ..config import SparsityConfig
 from ..core.allocation import erk_keep_counts
 from ..core.criteria import random_draws
+from ..core.radix import RadixSelect
 from ..core.report import ModuleSparsity, SparsityReport
 from ..io.atomic import write_json
 from ..io.compressed import compress_folder, mark_compressed, remove_dense_files
@@ -74,73 +75,6 @@ SAMPLE_FRACTION, SAMPLE_MIN, SAMPLE_RUNS = 256, 4096, 16
 #: Half-width of the band in quantile units: this many standard errors of the sampled quantile, at least BAND_MIN.
 BAND_SIGMAS, BAND_MIN = 8.0, 0.001
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-# -- exact k-th smallest key over a stream of chunks ------------------------------------------------------
-class ExactThreshold:
-    """The k-th smallest of non-negative int32 keys seen in chunks, in two histogram passes.
-
-    Pass 1 calls `count_high` on every chunk; pass 2 calls `count_low(group, chunk)` on every chunk again.
-    Then `threshold` is the k-th smallest key, and `quotas(order)` says how many keys equal to it each
-    group must prune (earlier groups first) so that exactly k keys are pruned.
-    """
-
-    def __init__(self, k: int):
-        self.k = k
-        self.high = torch.zeros(1 << 15, dtype=torch.int64)
-        self.low = torch.zeros(1 << 16, dtype=torch.int64)
-        self.bin: Optional[int] = None
-        self.below = 0
-        self.group_low: dict[object, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.threshold: Optional[int] = None
-        self.ties = 0
-
-    def count_high(self, keys: torch.Tensor) -> None:
-        self.high += torch.bincount(keys >> 16, minlength=self.high.numel())
-
-    def nonfinite(self) -> bool:
-        """Whether keys of inf or NaN scores (>= the key of +inf) were counted."""
-        return bool(self.high[_INF_KEY >> 16:].any())
-
-    def resolve_bin(self) -> None:
-        cumulative = torch.cumsum(self.high, 0)
-        total = int(cumulative[-1])
-        if not 1 <= self.k <= total:
-            raise ValueError(f"cannot prune {self.k} of {total} weights")
-        self.bin = int(torch.searchsorted(cumulative, self.k))
-        self.below = int(cumulative[self.bin - 1]) if self.bin > 0 else 0
-
-    def count_low(self, group, keys: torch.Tensor) -> None:
-        inside = keys[(keys >> 16) == self.bin] & 0xFFFF
-        if inside.numel() == 0:
-            return
-        self.low += torch.bincount(inside, minlength=self.low.numel())
-        values, counts = torch.unique(inside, return_counts=True)
-        if group in self.group_low:
-            old_v, old_c = self.group_low[group]
-            values, inverse = torch.unique(torch.cat([old_v, values]), return_inverse=True)
-            counts = torch.zeros(values.numel(), dtype=torch.int64).index_add_(0, inverse, torch.cat([old_c, counts]))
-        self.group_low[group] = (values, counts)
-
-    def resolve(self) -> int:
-        cumulative = self.below + torch.cumsum(self.low, 0)
-        low = int(torch.searchsorted(cumulative, self.k))
-        self.threshold = (self.bin << 16) | low
-        below_threshold = int(cumulative[low - 1]) if low > 0 else self.below
-        self.ties = self.k - below_threshold
-        return self.threshold
-
-    def equal_count(self, group) -> int:
-        values, counts = self.group_low.get(group, (torch.empty(0, dtype=torch.int32), None))
-        hit = (values == (self.threshold & 0xFFFF)).nonzero()
-        return int(counts[hit[0, 0]]) if hit.numel() else 0
-
-    def quotas(self, order) -> dict:
-        remaining, out = self.ties, {}
-        for group in order:
-            out[group] = min(remaining, self.equal_count(group))
-            remaining -= out[group]
-        return out
 
 
 def prune_chunk(keys: torch.Tensor, threshold: int, quota: int,
@@ -469,7 +403,7 @@ def _check_finite(keys: torch.Tensor, target: Target) -> None:
 
 def _global_thresholds(targets, config, scorer: Scorer, progress, band_budget: int) -> dict[str, list[int]]:
     """{name: [threshold, tie quota]} for the global distribution: a sample, then one read pass (`BandThreshold`),
-    or, when the band misses, two histogram passes (`ExactThreshold`)."""
+    or, when the band misses, two radix passes."""
     total = sum(t.info.numel for t in targets)
     k = round(config.sparsity * total)
     if k == 0:
@@ -494,7 +428,7 @@ def _global_thresholds(targets, config, scorer: Scorer, progress, band_budget: i
         if found is None:
             logger.warning("the sampled band missed the global threshold (heavy ties or a skewed sample); finding "
                            "it with two more reading passes over the selected weights")
-            found = _histogram_threshold(k, targets, by_file, readers, scorer, scratch)
+            found = _radix_threshold(k, targets, by_file, readers, scorer, scratch)
     finally:
         for reader in readers.values():
             reader.close()
@@ -502,20 +436,31 @@ def _global_thresholds(targets, config, scorer: Scorer, progress, band_budget: i
     return {t.name: [threshold, quotas[t.name]] for t in targets}
 
 
-def _histogram_threshold(k, targets, by_file, readers, scorer, scratch) -> tuple[int, dict]:
-    finder = ExactThreshold(k)
+def _radix_threshold(k, targets, by_file, readers, scorer, scratch) -> tuple[int, dict]:
+    """(threshold, per-tensor tie quota) from two radix passes (`RadixSelect`) over the selected weights."""
+    select = RadixSelect(k)
     for pass_no in (1, 2):
+        lows = {}
         for path, group in by_file.items():
             for t in group:
+                found = []
                 for _, keys in scorer.keys(t, readers[path], scratch):
                     if pass_no == 1:
-                        finder.count_high(keys)
+                        select.add_high(keys, scratch.ints(torch.int32, keys.numel()))
                     else:
-                        finder.count_low(t.name, keys)
+                        found.append(select.add_low(keys, scratch.ints(torch.int32, keys.numel())))
+                if found:
+                    lows[t.name] = torch.unique(torch.cat(found), return_counts=True)
         if pass_no == 1:
-            finder.resolve_bin()
-    threshold = finder.resolve()
-    return threshold, finder.quotas([t.name for t in targets])
+            select.find_bucket()
+    threshold, ties = select.resolve()
+    quotas = {}
+    for t in targets:  # the ties at the threshold go to tensors in selection order
+        values, counts = lows.get(t.name, (torch.empty(0, dtype=torch.int32), None))
+        hit = (values == (threshold & 0xFFFF)).nonzero()
+        quotas[t.name] = min(ties, int(counts[hit[0, 0]]) if hit.numel() else 0)
+        ties -= quotas[t.name]
+    return threshold, quotas
 
 
 def _local_threshold(target: Target, k: int, reader: ShardReader, scorer: Scorer, scratch: Scratch) -> tuple[int, int]:
