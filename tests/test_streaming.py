@@ -13,7 +13,7 @@ from smc_hf.core.allocation import ordered_keys, prune_lowest
 from smc_hf.io.sparsity_block import read_sparsity_block
 from smc_hf.io.mask_file import read_masks
 from smc_hf.io.safetensors_io import SafetensorsWriter, TensorInfo
-from smc_hf.pruning.streaming import ExactThreshold, prune_checkpoint_streaming
+from smc_hf.pruning.streaming import BandThreshold, Scratch, guess_band, prune_checkpoint_streaming
 from tests.helpers import tiny_roberta
 
 
@@ -64,32 +64,72 @@ def test_streaming_matches_prune_model_bit_for_bit(tmp_path, distribution, quant
     assert block["streaming"] is True and block["distribution"] == distribution
 
 
-def test_exact_threshold_counts_ties_in_group_order():
+def _band_masks(keys: dict, k: int, band: tuple[int, int], budget: int = 10**9):
+    """Masks from one `BandThreshold` pass over `keys` in pieces of CHUNK, or None when it cannot resolve."""
+    finder = BandThreshold(k, *band, budget=budget)
+    scratch = Scratch()
+    for name, chunk in keys.items():
+        for piece in chunk.split(streaming.CHUNK):
+            finder.add(piece, scratch)
+        finder.close(name)
+    found = finder.resolve(list(keys))
+    if found is None:
+        return None
+    threshold, quotas = found
+    masks = []
+    for name, chunk in keys.items():
+        parts, quota = [], quotas[name]
+        for piece in chunk.split(streaming.CHUNK):
+            keep, quota = streaming.prune_chunk(piece, threshold, quota)
+            parts.append(keep)
+        masks.append(torch.cat(parts))
+    return masks
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "all_equal", "zeros"])
+def test_band_threshold_equals_prune_lowest_or_declines(kind):
+    """One pass with a sampled band gives prune_lowest's masks, ties included; a band that misses the k-th key
+    or outgrows its budget declines (None) instead of guessing."""
     torch.manual_seed(0)
-    groups = {"a": torch.randint(0, 5, (1000,)).float(), "b": torch.randint(0, 5, (777,)).float(),
-              "c": torch.zeros(50)}
-    keys = {n: ordered_keys(t) for n, t in groups.items()}
-    for k in (1, 50, 431, 1000, 1827):
-        finder = ExactThreshold(k)
-        for chunk in keys.values():
-            for piece in chunk.split(64):
-                finder.count_high(piece)
-        finder.resolve_bin()
-        for name, chunk in keys.items():
-            for piece in chunk.split(64):
-                finder.count_low(name, piece)
-        threshold = finder.resolve()
-        quotas = finder.quotas(list(keys))
-        masks = []
-        for name, chunk in keys.items():
-            parts, quota = [], quotas[name]
-            for piece in chunk.split(64):
-                keep, quota = streaming.prune_chunk(piece, threshold, quota)
-                parts.append(keep)
-            masks.append(torch.cat(parts))
+    make = {
+        "continuous": lambda n: torch.randn(n).abs(),
+        "ties": lambda n: torch.randint(0, 5, (n,)).float(),
+        "all_equal": lambda n: torch.full((n,), 0.25),
+        "zeros": lambda n: torch.where(torch.rand(n) < 0.4, 0.0, torch.rand(n)),
+    }[kind]
+    keys = {n: ordered_keys(make(size)) for n, size in (("a", 3000), ("b", 1777), ("c", 50), ("d", 4096))}
+    total = sum(t.numel() for t in keys.values())
+    for k in (1, 37, 431, total // 2, total - 5, total):
+        samples = [(t[::7].clone(), t.numel()) for t in keys.values()]
+        masks = _band_masks(keys, k, guess_band(samples, k, total))
         expected = prune_lowest(list(keys.values()), k)
-        assert all(torch.equal(m, e) for m, e in zip(masks, expected)), k
-        assert sum(int((~m).sum()) for m in masks) == k
+        if kind == "continuous" and 1 < k < total:
+            assert masks is not None, k
+        if masks is not None:
+            assert all(torch.equal(m, e) for m, e in zip(masks, expected)), k
+            assert sum(int((~m).sum()) for m in masks) == k
+    all_keys = torch.cat(list(keys.values()))
+    kth = int(all_keys.kthvalue(total // 2).values)
+    assert _band_masks(keys, total // 2, (kth + 1, kth + 1000)) is None  # band above the k-th key
+    assert _band_masks(keys, total // 2, (0, 2**31 - 1), budget=10) is None  # band over budget
+
+
+@pytest.mark.parametrize("miss", ["band", "budget"])
+def test_a_missed_band_falls_back_to_radix_passes_with_the_same_masks(tmp_path, monkeypatch, miss):
+    source = _checkpoint(tmp_path / "src", _quantised_model())
+    cfg = SparsityConfig(method="omp", sparsity=0.6)
+    calls = []
+    fallback = streaming._radix_threshold
+    monkeypatch.setattr(streaming, "_radix_threshold", lambda *a: calls.append(1) or fallback(*a))
+    if miss == "band":
+        monkeypatch.setattr(streaming, "guess_band", lambda *a: (0, 1))  # only exact zeros inside
+    else:
+        monkeypatch.setattr(streaming, "BandThreshold", lambda k, lo, hi, budget: BandThreshold(k, lo, hi, 3))
+    prune_checkpoint_streaming(source, str(tmp_path / "out"), cfg, progress=False)
+    assert calls == [1]
+    got = read_masks(str(tmp_path / "out" / MASKS_FILE))
+    for name, mask in prune_model(_quantised_model(), cfg).masks.items():
+        assert torch.equal(got[name], mask), name
 
 
 def test_random_streaming_is_exact_and_reproducible(tmp_path):
@@ -108,6 +148,20 @@ def test_random_streaming_is_exact_and_reproducible(tmp_path):
     prune_checkpoint_streaming(source, str(tmp_path / "c"), other, progress=False)
     c = read_masks(str(tmp_path / "c" / MASKS_FILE))
     assert any(not torch.equal(a[n], c[n]) for n in a)
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "global"])
+def test_random_streaming_masks_equal_prune_model_for_the_same_seed(tmp_path, distribution):
+    """Both paths draw each layer's scores from a generator seeded by (seed, round, layer name), so the
+    masks agree whatever the chunk size and shard layout."""
+    source = _checkpoint(tmp_path / "src")
+    cfg = SparsityConfig(method="random", sparsity=0.4, distribution=distribution, mask_seed=11)
+    prune_checkpoint_streaming(source, str(tmp_path / "out"), cfg, progress=False)
+    got = read_masks(str(tmp_path / "out" / MASKS_FILE))
+    masks = prune_model(tiny_roberta(), cfg)
+    assert set(got) == set(masks.names)
+    for name, mask in masks.masks.items():
+        assert torch.equal(got[name], mask), name
 
 
 def test_an_interrupted_run_leaves_no_output_and_resumes_without_redoing_the_passes(tmp_path, monkeypatch):

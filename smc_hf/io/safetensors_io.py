@@ -13,7 +13,7 @@ import os
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 from safetensors import safe_open
@@ -87,6 +87,16 @@ def read_header(path: str) -> tuple[list[TensorInfo], dict[str, str]]:
                 raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
             infos.append(TensorInfo(name, dtype, tuple(piece.get_shape())))
         return infos, dict(f.metadata() or {})
+
+
+def data_layout(path: str) -> tuple[int, dict[str, tuple[int, int]]]:
+    """Where a safetensors file's tensors lie: the byte offset of its data section and, per tensor, its
+    [begin, end) byte offsets inside it, so tensors can be read in pieces with `os.pread` (no mmap)."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return 8 + length, {name: tuple(entry["data_offsets"]) for name, entry in header.items()}
 
 
 def checkpoint_files(folder: str) -> list[str]:
@@ -167,6 +177,45 @@ class SafetensorsWriter:
             )
         self.file.seek(self.data_start + self.offsets[name][0])
         self.file.write(tensor_bytes(tensor))
+        self.written.add(name)
+
+    def write_pieces(self, name: str, pieces: Iterable[torch.Tensor]) -> None:
+        """Write tensor `name` from consecutive flat pieces of its dtype, so it is never whole in memory."""
+        info = self.plan.get(name)
+        if info is None:
+            raise KeyError(f"{self.path}: tensor {name!r} is not in the planned header")
+        self.file.flush()
+        begin, end = self.offsets[name]
+        position = self.data_start + begin
+        for piece in pieces:
+            if DTYPE_NAMES.get(piece.dtype) != info.dtype:
+                raise ValueError(f"{self.path}: a piece of {name!r} is {DTYPE_NAMES.get(piece.dtype)}, "
+                                 f"planned {info.dtype}")
+            data = tensor_bytes(piece)
+            while data:
+                written = os.pwrite(self.file.fileno(), data, position)
+                data, position = data[written:], position + written
+        if position != self.data_start + end:
+            raise ValueError(f"{self.path}: the pieces of {name!r} hold {position - self.data_start - begin} bytes, "
+                             f"planned {end - begin}")
+        self.written.add(name)
+
+    def copy_from(self, name: str, fd: int, offset: int) -> None:
+        """Copy tensor `name`'s bytes from the open file `fd` at byte `offset`, in the kernel where it can
+        (`os.copy_file_range`), without passing them through Python objects."""
+        if name not in self.plan:
+            raise KeyError(f"{self.path}: tensor {name!r} is not in the planned header")
+        self.file.flush()
+        begin, end = self.offsets[name]
+        source, target, left = offset, self.data_start + begin, end - begin
+        while left:
+            try:
+                moved = os.copy_file_range(fd, self.file.fileno(), left, source, target)
+            except (AttributeError, OSError):  # no copy_file_range (old kernel, other OS): plain reads and writes
+                moved = os.pwrite(self.file.fileno(), os.pread(fd, min(left, 1 << 26), source), target)
+            if moved == 0:
+                raise ValueError(f"{self.path}: the source of {name!r} ended {left} bytes early (truncated file?)")
+            source, target, left = source + moved, target + moved, left - moved
         self.written.add(name)
 
     def close(self) -> None:

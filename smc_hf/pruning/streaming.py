@@ -1,19 +1,27 @@
 """Prune a safetensors checkpoint shard by shard, for models larger than memory.
 
 Which weights are pruned is decided exactly as in memory: the model is built on the meta device (no
-memory) and `select_parameters` picks the names. Scores are |w| (omp) or seeded uniform noise (random).
+memory) and `select_parameters` picks the names. Scores are |w| (omp) or the random criterion's own numbers
+(`random_draws`: the same generator, layer by layer in selection order, as `prune_model`), turned into
+order-preserving int32 keys piece by piece; masks equal `prune_model`'s bit for bit, ties included (layer
+order, then position).
 
-Exact global threshold in two reading passes, without ever concatenating the weights:
-1. a histogram of the top 16 bits of every score's order-preserving int32 key (32768 bins: scores are
-   >= 0, so the sign bit is 0); the bin holding the k-th smallest key follows from the cumulative counts;
-2. a histogram of the low 16 bits (65536 bins) of the keys inside that bin gives the k-th key T exactly.
-   The keys equal to T are counted per tensor, and the ties to prune go to tensors in selection order,
-   lowest index first: the rule of the in-memory `prune_lowest`, so masks equal `prune_model`'s bit for bit.
-A third pass writes the pruned shards. Cost: selected tensors are read three times, other tensors once.
-Memory: one tensor, a few `CHUNK`-sized temporaries, and per tensor the distinct low halves of its keys in
-the threshold's bin (at most 65536 pairs). Measured on a 3.8 GB checkpoint in 1 GB shards: peak RSS
-1.4 x the largest shard above the interpreter's own (benchmarks/streaming_prune.py).
-`uniform` and `erk` need no global passes: each tensor's exact count is resolved in memory when written.
+Global distribution, exact, in one read pass plus the write pass:
+1. a sample (1/256 of each selected tensor, in 16 spread runs; random scores: the first draws of each layer)
+   guesses a band of keys around the k-th smallest (the target quantile +- 8 standard errors of the sample);
+2. the read pass counts, per piece, the keys below the band and keeps the keys inside it, per tensor as
+   distinct values and counts (about 1% of the weights); the k-th smallest key T and each tensor's share of
+   the ties at T (selection order first, as `prune_lowest`) follow from them;
+3. the write pass reads each tensor once more and writes it pruned.
+Should the band miss the k-th key or outgrow its memory budget, two radix passes (`smc_hf.core.radix`) over
+the selected weights find it instead: slower, same masks. `uniform` and `erk` need no global pass: each
+tensor's keys are ranked in memory (one tensor's int32 keys) when it is written.
+
+I/O: tensors are read in pieces of `CHUNK` elements with `os.preadv` into reused buffers (no mmap, so the
+shards' pages never count in RSS), pruned weights are zeroed in place with an integer AND, and pieces are
+written with `os.pwrite`; tensors that are not pruned are copied in the kernel (`os.copy_file_range`).
+Memory: a few `CHUNK`-sized buffers, the band's keys, one tensor's keys for `uniform`/`erk`, and the packed
+masks of one shard. Measured figures: README, `benchmarks/streaming_prune.py`.
 
 Output is built under `<output>.partial` with a state file that records each finished stage (thresholds,
 each shard, the merged mask file, compression); an interrupted run started again with the same arguments
@@ -25,27 +33,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
-import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..config import SparsityConfig
-from ..core.allocation import erk_keep_counts, ordered_keys
+from ..core.allocation import erk_keep_counts
+from ..core.criteria import random_draws
+from ..core.radix import RadixSelect
 from ..core.report import ModuleSparsity, SparsityReport
-from ..core.seeds import derived_seed
 from ..io.atomic import write_json
 from ..io.compressed import compress_folder, mark_compressed, remove_dense_files
 from ..io.folders import PARTIAL_MARKER, copy_auxiliary_files, staged_folder
-from ..io.mask_file import MASKS_FILE, bool_masks_metadata, pack_bits, packed_masks_plan, unpack_bits
+from ..io.mask_file import MASKS_FILE, bool_masks_metadata, packed_masks_plan, unpack_bits
 from ..io.model_card import write_model_card
 from ..io.safetensors_io import (
-    INDEX_FILE, SafetensorsWriter, TensorInfo, checkpoint_files, open_safetensors, read_header,
+    DTYPES, INDEX_FILE, SafetensorsWriter, TensorInfo, checkpoint_files, data_layout, read_header,
 )
 from ..io.sparsity_block import write_config_block
 from ..methods import METHODS
@@ -54,94 +64,33 @@ from .sparse_folder import config_block
 
 logger = logging.getLogger(__name__)
 
-#: Scores are computed this many elements at a time (a multiple of 8, so packed mask chunks concatenate).
-CHUNK = 1 << 24
+#: Elements read, scored and written at a time (a multiple of 8, so packed mask pieces concatenate).
+CHUNK = 1 << 22
 STATE_FILE = ".smc_prune_state.json"
 PIECES_DIR = ".masks"
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 _INF_KEY = 0x7F800000
+#: The band sample: 1/SAMPLE_FRACTION of each tensor (at least SAMPLE_MIN elements), in SAMPLE_RUNS runs.
+SAMPLE_FRACTION, SAMPLE_MIN, SAMPLE_RUNS = 256, 4096, 16
+#: Half-width of the band in quantile units: this many standard errors of the sampled quantile, at least BAND_MIN.
+BAND_SIGMAS, BAND_MIN = 8.0, 0.001
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-# -- exact k-th smallest key over a stream of chunks ------------------------------------------------------
-class ExactThreshold:
-    """The k-th smallest of non-negative int32 keys seen in chunks, in two histogram passes.
-
-    Pass 1 calls `count_high` on every chunk; pass 2 calls `count_low(group, chunk)` on every chunk again.
-    Then `threshold` is the k-th smallest key, and `quotas(order)` says how many keys equal to it each
-    group must prune (earlier groups first) so that exactly k keys are pruned.
-    """
-
-    def __init__(self, k: int):
-        self.k = k
-        self.high = torch.zeros(1 << 15, dtype=torch.int64)
-        self.low = torch.zeros(1 << 16, dtype=torch.int64)
-        self.bin: Optional[int] = None
-        self.below = 0
-        self.group_low: dict[object, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.threshold: Optional[int] = None
-        self.ties = 0
-
-    def count_high(self, keys: torch.Tensor) -> None:
-        self.high += torch.bincount(keys >> 16, minlength=self.high.numel())
-
-    def nonfinite(self) -> bool:
-        """Whether keys of inf or NaN scores (>= the key of +inf) were counted."""
-        return bool(self.high[_INF_KEY >> 16:].any())
-
-    def resolve_bin(self) -> None:
-        cumulative = torch.cumsum(self.high, 0)
-        total = int(cumulative[-1])
-        if not 1 <= self.k <= total:
-            raise ValueError(f"cannot prune {self.k} of {total} weights")
-        self.bin = int(torch.searchsorted(cumulative, self.k))
-        self.below = int(cumulative[self.bin - 1]) if self.bin > 0 else 0
-
-    def count_low(self, group, keys: torch.Tensor) -> None:
-        inside = keys[(keys >> 16) == self.bin] & 0xFFFF
-        if inside.numel() == 0:
-            return
-        self.low += torch.bincount(inside, minlength=self.low.numel())
-        values, counts = torch.unique(inside, return_counts=True)
-        if group in self.group_low:
-            old_v, old_c = self.group_low[group]
-            values, inverse = torch.unique(torch.cat([old_v, values]), return_inverse=True)
-            counts = torch.zeros(values.numel(), dtype=torch.int64).index_add_(0, inverse, torch.cat([old_c, counts]))
-        self.group_low[group] = (values, counts)
-
-    def resolve(self) -> int:
-        cumulative = self.below + torch.cumsum(self.low, 0)
-        low = int(torch.searchsorted(cumulative, self.k))
-        self.threshold = (self.bin << 16) | low
-        below_threshold = int(cumulative[low - 1]) if low > 0 else self.below
-        self.ties = self.k - below_threshold
-        return self.threshold
-
-    def equal_count(self, group) -> int:
-        values, counts = self.group_low.get(group, (torch.empty(0, dtype=torch.int32), None))
-        hit = (values == (self.threshold & 0xFFFF)).nonzero()
-        return int(counts[hit[0, 0]]) if hit.numel() else 0
-
-    def quotas(self, order) -> dict:
-        remaining, out = self.ties, {}
-        for group in order:
-            out[group] = min(remaining, self.equal_count(group))
-            remaining -= out[group]
-        return out
-
-
-def prune_chunk(keys: torch.Tensor, threshold: int, quota: int) -> tuple[torch.Tensor, int]:
+def prune_chunk(keys: torch.Tensor, threshold: int, quota: int,
+                out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
     """Keep-mask of a chunk: keys above the threshold, and ties beyond the first `quota` ones.
 
-    Returns the mask and the quota left for later chunks; the tie positions are only looked up in the
-    (at most one) chunk where the quota runs out.
+    Returns the mask (written into the bool tensor `out` when given) and the quota left for later chunks;
+    the tie positions are only looked up in the (at most one) chunk where the quota runs out.
     """
     if quota == 0:
-        return keys >= threshold, 0
+        return torch.ge(keys, threshold, out=out), 0
     ties = keys == threshold
     count = int(torch.count_nonzero(ties))
+    keep = torch.gt(keys, threshold, out=out)
     if count <= quota:
-        return keys > threshold, quota - count
-    keep = keys > threshold
+        return keep, quota - count
     keep[ties.nonzero().squeeze(1)[quota:]] = True
     return keep, 0
 
@@ -203,28 +152,196 @@ def select_targets(
     return targets
 
 
+# -- reading in pieces ----------------------------------------------------------------------------------
+class Scratch:
+    """Buffers reused for every piece, so a pass allocates (and page-faults) them once: the piece's bytes,
+    its int32 keys, a bool keep-mask and an integer mask of the piece's width."""
+
+    def __init__(self):
+        self._raw = torch.empty(0, dtype=torch.uint8)
+        self._ints = torch.empty(0, dtype=torch.uint8)
+        self.keys = torch.empty(CHUNK, dtype=torch.int32)
+        self.keep = torch.empty(CHUNK, dtype=torch.bool)
+        self.other = torch.empty(CHUNK, dtype=torch.bool)
+
+    def raw(self, nbytes: int) -> torch.Tensor:
+        if self._raw.numel() < nbytes:
+            self._raw = torch.empty(nbytes, dtype=torch.uint8)
+        return self._raw[:nbytes]
+
+    def ints(self, dtype: torch.dtype, n: int) -> torch.Tensor:
+        nbytes = n * torch.empty((), dtype=dtype).element_size()
+        if self._ints.numel() < nbytes:
+            self._ints = torch.empty(nbytes, dtype=torch.uint8)
+        return self._ints[:nbytes].view(dtype)
+
+
+class ShardReader:
+    """A safetensors file's tensors read in pieces of `CHUNK` elements with `os.preadv` into `Scratch`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.data_start, self.offsets = data_layout(path)
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def offset(self, name: str) -> int:
+        return self.data_start + self.offsets[name][0]
+
+    def read(self, info: TensorInfo, start: int, count: int, scratch: Scratch) -> torch.Tensor:
+        """Elements [start, start + count) of tensor `info`, flat, in the scratch bytes (valid until the next read)."""
+        dtype = DTYPES[info.dtype]
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        raw = scratch.raw(count * itemsize)
+        view, position, done = memoryview(raw.numpy()), self.offset(info.name) + start * itemsize, 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], position + done)
+            if got == 0:
+                raise ValueError(f"{self.path}: tensor {info.name} ends early (truncated file?)")
+            done += got
+        return raw.view(dtype)
+
+    def pieces(self, info: TensorInfo, scratch: Scratch) -> Iterator[torch.Tensor]:
+        for start in range(0, info.numel, CHUNK):
+            yield self.read(info, start, min(CHUNK, info.numel - start), scratch)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 # -- scores ---------------------------------------------------------------------------------------------
-def _chunks(tensor: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    flat = tensor.reshape(-1)
-    for i, start in enumerate(range(0, flat.numel(), CHUNK)):
-        yield i, flat[start:start + CHUNK]
+def magnitude_keys(piece: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """int32 keys of |piece| into `out`: |w| >= 0, so its float32 bit pattern orders like its value; inf and
+    NaN land at keys >= _INF_KEY."""
+    values = out.view(torch.float32)
+    if piece.dtype == torch.float32:
+        torch.abs(piece, out=values)
+    else:  # float64 rounds to float32 as the in-memory `p.abs().float()` does (rounding is sign-symmetric)
+        values.copy_(piece).abs_()
+    return out
 
 
-def key_function(criterion: str, seed: int) -> Callable[[str, int, torch.Tensor], torch.Tensor]:
-    """(name, chunk index, chunk) -> order-preserving int32 keys of the chunk's scores, all >= 0."""
+class Scorer:
+    """Keys of a selected tensor's scores, piece by piece: |w| (read from the shard) or the random criterion's
+    draws for that layer (no read needed), as `prune_model` scores them."""
 
-    def magnitude(name, index, chunk):
-        # |w| >= 0, so its float32 bit pattern already orders like its value (no sign fix-up needed);
-        # inf and NaN land at keys >= _INF_KEY, which `ExactThreshold.nonfinite` reports
-        return chunk.abs().float().view(torch.int32)
+    def __init__(self, criterion: str, targets: list["Target"], seed: int):
+        self.criterion = criterion
+        self.index = {t.name: i for i, t in enumerate(targets)}
+        self.draws = random_draws(seed, 0, [t.info.numel for t in targets]) if criterion == "random" else None
+        #: magnitude: a weight is zero exactly when its key is 0
+        self.zero_is_lowest = criterion == "magnitude"
 
-    def random(name, index, chunk):
-        gen = torch.Generator().manual_seed(derived_seed(seed, zlib.crc32(name.encode()) * 131 + index))
-        return ordered_keys(torch.rand(chunk.numel(), generator=gen))
+    def keys(self, target: "Target", reader: Optional[ShardReader], scratch: Scratch,
+             with_weights: bool = False) -> Iterator[tuple[Optional[torch.Tensor], torch.Tensor]]:
+        """(piece of weights or None, its keys) in order; the weights are read when the keys need them or
+        `with_weights` asks. Both live in `scratch` until the next piece."""
+        info = target.info
+        generator = self.draws.generator(self.index[target.name]) if self.draws is not None else None
+        for start in range(0, info.numel, CHUNK):
+            n = min(CHUNK, info.numel - start)
+            piece = reader.read(info, start, n, scratch) if (with_weights or generator is None) else None
+            keys = scratch.keys[:n]
+            if generator is None:
+                magnitude_keys(piece, keys)
+            else:  # uniform [0, 1) floats: their bits order like their values
+                keys.view(torch.float32).uniform_(generator=generator)
+            yield piece, keys
 
-    magnitude.zero_is_lowest = True  # a weight is zero exactly when its key is 0
-    random.zero_is_lowest = False
-    return {"magnitude": magnitude, "random": random}[criterion]
+    def sample(self, target: "Target", reader: ShardReader, scratch: Scratch) -> torch.Tensor:
+        """Keys of a sample of the tensor: all of it when small, else 1/SAMPLE_FRACTION in SAMPLE_RUNS spread runs
+        (random: the layer's first draws, as good a sample as any)."""
+        n = target.info.numel
+        size = min(n, max(SAMPLE_MIN, n // SAMPLE_FRACTION))
+        if self.draws is not None:
+            draws = torch.empty(size)
+            return draws.uniform_(generator=self.draws.generator(self.index[target.name])).view(torch.int32)
+        if size == n:
+            return torch.cat([magnitude_keys(p, torch.empty(p.numel(), dtype=torch.int32))
+                              for p in reader.pieces(target.info, scratch)])
+        run = -(-size // SAMPLE_RUNS)
+        starts = [(n - run) * i // (SAMPLE_RUNS - 1) for i in range(SAMPLE_RUNS)]
+        return torch.cat([magnitude_keys(reader.read(target.info, s, run, scratch), torch.empty(run, dtype=torch.int32))
+                          for s in starts])
+
+
+# -- the global threshold in one read pass -------------------------------------------------------------
+def guess_band(samples: list[tuple[torch.Tensor, int]], k: int, total: int) -> tuple[int, int]:
+    """Keys [lo, hi) likely to hold the k-th smallest of `total` keys, from per-tensor samples (keys, numel):
+    the sampled quantile k/total +- BAND_SIGMAS standard errors (at least BAND_MIN), each sample weighted by
+    the share of its tensor it stands for."""
+    keys = torch.cat([s for s, _ in samples])
+    weights = torch.cat([torch.full((s.numel(),), n / max(s.numel(), 1), dtype=torch.float64) for s, n in samples])
+    order = torch.argsort(keys, stable=True)
+    keys, cumulative = keys[order], torch.cumsum(weights[order], 0)
+    q = k / total
+    half = max(BAND_MIN, BAND_SIGMAS * math.sqrt(q * (1 - q) / keys.numel()))
+    low = int(torch.searchsorted(cumulative, torch.tensor((q - half) * total, dtype=torch.float64)))
+    high = int(torch.searchsorted(cumulative, torch.tensor((q + half) * total, dtype=torch.float64)))
+    lo = int(keys[min(low, keys.numel() - 1)]) if q - half > 0 else 0
+    hi = int(keys[min(high, keys.numel() - 1)]) + 1 if q + half < 1 else 2**31 - 1
+    return lo, max(hi, lo + 1)
+
+
+class BandThreshold:
+    """The k-th smallest key, from one pass that counts the keys below [lo, hi) and keeps those inside it.
+
+    `add(group, keys)` for every piece, `close(group)` after each group (tensor); then `resolve(order)` gives
+    (threshold T, per-group quota of ties at T to prune, earlier groups first) or None when T is outside the
+    band or the band outgrew `budget` kept keys (the caller then finds T another way).
+    """
+
+    def __init__(self, k: int, lo: int, hi: int, budget: int):
+        self.k, self.lo, self.hi, self.budget = k, lo, hi, budget
+        self.below = 0
+        self.kept = 0
+        self.overflow = False
+        self.pending: list[torch.Tensor] = []
+        self.groups: dict[object, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def add(self, keys: torch.Tensor, scratch: Scratch) -> None:
+        low = torch.lt(keys, self.lo, out=scratch.keep[:keys.numel()])
+        self.below += int(torch.count_nonzero(low))
+        if self.overflow:
+            return
+        inside = torch.lt(keys, self.hi, out=scratch.other[:keys.numel()]).logical_xor_(low)  # lo <= key < hi
+        band = keys[inside]
+        if band.numel():
+            self.pending.append(band)
+            self.kept += band.numel()
+            if self.kept > self.budget:
+                self.overflow, self.pending, self.groups = True, [], {}
+
+    def close(self, group) -> None:
+        if self.pending and not self.overflow:
+            values, counts = torch.unique(torch.cat(self.pending), return_counts=True)
+            self.groups[group] = (values, counts)
+            self.kept += values.numel() - sum(p.numel() for p in self.pending)
+        self.pending = []
+
+    def resolve(self, order: list) -> Optional[tuple[int, dict]]:
+        if self.overflow:
+            return None
+        rank = self.k - self.below  # T is the rank-th smallest key inside the band
+        if rank <= 0 or not self.groups:
+            return None
+        values = torch.cat([v for v, _ in self.groups.values()])
+        counts = torch.cat([c for _, c in self.groups.values()])
+        values, inverse = torch.unique(values, return_inverse=True)
+        counts = torch.zeros(values.numel(), dtype=torch.int64).index_add_(0, inverse, counts)
+        cumulative = torch.cumsum(counts, 0)
+        if rank > int(cumulative[-1]):
+            return None
+        at = int(torch.searchsorted(cumulative, rank))
+        threshold = int(values[at])
+        ties = rank - (int(cumulative[at - 1]) if at > 0 else 0)
+        quotas = {}
+        for group in order:
+            group_values, group_counts = self.groups.get(group, (values[:0], counts[:0]))
+            hit = (group_values == threshold).nonzero()
+            equal = int(group_counts[hit[0, 0]]) if hit.numel() else 0
+            quotas[group] = min(ties, equal)
+            ties -= quotas[group]
+        return threshold, quotas
 
 
 # -- the job --------------------------------------------------------------------------------------------
@@ -272,87 +389,139 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled)
 
 
-def _global_thresholds(targets, config, keys_of, progress) -> dict[str, list[int]]:
+def _by_file(targets: list[Target]) -> dict[str, list[Target]]:
+    out: dict[str, list[Target]] = {}
+    for t in targets:
+        out.setdefault(t.file, []).append(t)
+    return out
+
+
+def _check_finite(keys: torch.Tensor, target: Target) -> None:
+    if keys.numel() and int(keys.max()) >= _INF_KEY:
+        raise ValueError(f"{target.file}: weight {target.name} contains inf or NaN; cannot rank it")
+
+
+def _global_thresholds(targets, config, scorer: Scorer, progress, band_budget: int) -> dict[str, list[int]]:
+    """{name: [threshold, tie quota]} for the global distribution: a sample, then one read pass (`BandThreshold`),
+    or, when the band misses, two radix passes."""
     total = sum(t.info.numel for t in targets)
     k = round(config.sparsity * total)
     if k == 0:
         return {t.name: [-1, 0] for t in targets}
-    finder = ExactThreshold(k)
-    by_file: dict[str, list[Target]] = {}
-    for t in targets:
-        by_file.setdefault(t.file, []).append(t)
-    nbytes = sum(t.info.nbytes for t in targets)
-    for pass_no in (1, 2):
-        with _bar(nbytes, f"pass {pass_no}/3: {'histogram' if pass_no == 1 else 'threshold'}", progress) as bar:
+    scratch, by_file = Scratch(), _by_file(targets)
+    readers = {path: ShardReader(path) for path in by_file}
+    try:
+        samples = [(scorer.sample(t, readers[t.file], scratch), t.info.numel) for t in targets]
+        finder = BandThreshold(k, *guess_band(samples, k, total), budget=band_budget)
+        del samples
+        nbytes = sum(t.info.nbytes for t in targets)
+        with _bar(nbytes, "pass 1/2: threshold", progress) as bar:
             for path, group in by_file.items():
-                with open_safetensors(path) as f:
-                    for t in group:
-                        tensor = f.get_tensor(t.name)
-                        for index, chunk in _chunks(tensor):
-                            keys = keys_of(t.name, index, chunk)
-                            if pass_no == 1:
-                                finder.count_high(keys)
-                            else:
-                                finder.count_low(t.name, keys)
-                        if pass_no == 1 and finder.nonfinite():
-                            raise ValueError(f"{path}: weight {t.name} contains inf or NaN; cannot rank it")
-                        bar.update(t.info.nbytes)
-                        del tensor
-        if pass_no == 1:
-            finder.resolve_bin()
-    threshold = finder.resolve()
-    quotas = finder.quotas([t.name for t in targets])
+                for t in group:
+                    for _, keys in scorer.keys(t, readers[path], scratch):
+                        if scorer.zero_is_lowest:
+                            _check_finite(keys, t)
+                        finder.add(keys, scratch)
+                    finder.close(t.name)
+                    bar.update(t.info.nbytes)
+        found = finder.resolve([t.name for t in targets])
+        if found is None:
+            logger.warning("the sampled band missed the global threshold (heavy ties or a skewed sample); finding "
+                           "it with two more reading passes over the selected weights")
+            found = _radix_threshold(k, targets, by_file, readers, scorer, scratch)
+    finally:
+        for reader in readers.values():
+            reader.close()
+    threshold, quotas = found
     return {t.name: [threshold, quotas[t.name]] for t in targets}
 
 
-def _local_threshold(tensor: torch.Tensor, name: str, k: int, keys_of) -> tuple[int, int]:
+def _radix_threshold(k, targets, by_file, readers, scorer, scratch) -> tuple[int, dict]:
+    """(threshold, per-tensor tie quota) from two radix passes (`RadixSelect`) over the selected weights."""
+    select = RadixSelect(k)
+    for pass_no in (1, 2):
+        lows = {}
+        for path, group in by_file.items():
+            for t in group:
+                found = []
+                for _, keys in scorer.keys(t, readers[path], scratch):
+                    if pass_no == 1:
+                        select.add_high(keys, scratch.ints(torch.int32, keys.numel()))
+                    else:
+                        found.append(select.add_low(keys, scratch.ints(torch.int32, keys.numel())))
+                if found:
+                    lows[t.name] = torch.unique(torch.cat(found), return_counts=True)
+        if pass_no == 1:
+            select.find_bucket()
+    threshold, ties = select.resolve()
+    quotas = {}
+    for t in targets:  # the ties at the threshold go to tensors in selection order
+        values, counts = lows.get(t.name, (torch.empty(0, dtype=torch.int32), None))
+        hit = (values == (threshold & 0xFFFF)).nonzero()
+        quotas[t.name] = min(ties, int(counts[hit[0, 0]]) if hit.numel() else 0)
+        ties -= quotas[t.name]
+    return threshold, quotas
+
+
+def _local_threshold(target: Target, k: int, reader: ShardReader, scorer: Scorer, scratch: Scratch) -> tuple[int, int]:
+    """(threshold, tie quota) pruning exactly the k lowest keys of one tensor, ranked in memory."""
     if k == 0:
         return -1, 0
-    finder = ExactThreshold(k)
-    for index, chunk in _chunks(tensor):
-        finder.count_high(keys_of(name, index, chunk))
-    if finder.nonfinite():
-        raise ValueError(f"weight {name} contains inf or NaN; cannot rank it")
-    finder.resolve_bin()
-    for index, chunk in _chunks(tensor):
-        finder.count_low(name, keys_of(name, index, chunk))
-    return finder.resolve(), finder.ties
+    keys, start = torch.empty(target.info.numel, dtype=torch.int32), 0
+    for _, piece in scorer.keys(target, reader, scratch):
+        keys[start:start + piece.numel()] = piece
+        start += piece.numel()
+    if scorer.zero_is_lowest:
+        _check_finite(keys, target)
+    threshold = int(torch.kthvalue(keys, k).values)
+    return threshold, k - int(torch.count_nonzero(keys < threshold))
 
 
-def _prune_tensor(tensor, name, threshold, quota, keys_of) -> tuple[torch.Tensor, list[int]]:
-    """Zero the pruned weights in place; returns the packed keep-mask and [numel, zeros, pruned]."""
+def _pruned_pieces(target, threshold, quota, reader, scorer, scratch, result: dict) -> Iterator[torch.Tensor]:
+    """The tensor's pieces with pruned weights zeroed (bits ANDed with 0); fills `result` with the packed
+    keep-mask and [numel, zeros, pruned]."""
     packed, zeros, pruned = [], 0, 0
-    for index, chunk in _chunks(tensor):
-        keep, quota = prune_chunk(keys_of(name, index, chunk), threshold, quota)
-        chunk.masked_fill_(~keep, 0)
-        pruned += chunk.numel() - int(torch.count_nonzero(keep))
-        packed.append(pack_bits(keep))
-    # Above a positive threshold every zero (key 0) was pruned; otherwise kept zeros must be counted.
-    if keys_of.zero_is_lowest and threshold > 0:
-        zeros = pruned
-    else:
-        zeros = tensor.numel() - int(torch.count_nonzero(tensor))
-    bits = torch.cat(packed) if packed else torch.empty(0, dtype=torch.uint8)
-    return bits, [tensor.numel(), zeros, pruned]
+    for piece, keys in scorer.keys(target, reader, scratch, with_weights=True):
+        n = keys.numel()
+        keep, quota = prune_chunk(keys, threshold, quota, out=scratch.keep[:n])
+        kept = int(torch.count_nonzero(keep))
+        pruned += n - kept
+        if kept < n:
+            bits = piece.view(_INT_OF_SIZE[piece.element_size()])
+            bits.bitwise_and_(scratch.ints(bits.dtype, n).copy_(keep).neg_())  # keep: all ones, pruned: 0
+        if not (scorer.zero_is_lowest and threshold > 0):
+            zeros += n - int(torch.count_nonzero(piece))
+        packed.append(torch.from_numpy(np.packbits(keep.numpy(), bitorder="little")))
+        yield piece
+    # Above a positive threshold every zero (key 0) was pruned; otherwise kept zeros were counted.
+    result["bits"] = torch.cat(packed) if packed else torch.empty(0, dtype=torch.uint8)
+    result["stats"] = [target.info.numel, pruned if scorer.zero_is_lowest and threshold > 0 else zeros, pruned]
 
 
-def _write_shard(path, stage, targets_here, thresholds, local_counts, keys_of, bar) -> dict[str, list[int]]:
+def _write_shard(path, stage, targets_here: dict[str, Target], thresholds, local_counts, scorer,
+                 bar) -> dict[str, list[int]]:
     infos, metadata = read_header(path)
     name = os.path.basename(path)
-    stats, pieces = {}, {}
-    with open_safetensors(path) as f, SafetensorsWriter(os.path.join(stage, name + ".tmp"), infos, metadata) as out:
-        for info in infos:
-            tensor = f.get_tensor(info.name)
-            if info.name in targets_here:
-                if info.name in local_counts:
-                    threshold, quota = _local_threshold(tensor, info.name, local_counts[info.name], keys_of)
+    stats, pieces, scratch = {}, {}, Scratch()
+    reader = ShardReader(path)
+    try:
+        with SafetensorsWriter(os.path.join(stage, name + ".tmp"), infos, metadata) as out:
+            for info in infos:
+                target = targets_here.get(info.name)
+                if target is None:
+                    out.copy_from(info.name, reader.fd, reader.offset(info.name))
                 else:
-                    threshold, quota = thresholds[info.name]
-                tensor = tensor.contiguous()
-                pieces[info.name], stats[info.name] = _prune_tensor(tensor, info.name, threshold, quota, keys_of)
-            out.write(info.name, tensor)
-            bar.update(info.nbytes)
-            del tensor
+                    if info.name in local_counts:
+                        threshold, quota = _local_threshold(target, local_counts[info.name], reader, scorer, scratch)
+                    else:
+                        threshold, quota = thresholds[info.name]
+                    result: dict = {}
+                    out.write_pieces(info.name, _pruned_pieces(target, threshold, quota, reader, scorer, scratch,
+                                                               result))
+                    pieces[info.name], stats[info.name] = result["bits"], result["stats"]
+                bar.update(info.nbytes)
+    finally:
+        reader.close()
     os.makedirs(os.path.join(stage, PIECES_DIR), exist_ok=True)
     save_file(pieces, os.path.join(stage, PIECES_DIR, name), metadata={"format": "smc_hf.packed_pieces"})
     os.replace(os.path.join(stage, name + ".tmp"), os.path.join(stage, name))
@@ -446,7 +615,7 @@ def prune_checkpoint_streaming(
     headers = {path: read_header(path)[0] for path in files}
     targets = select_targets(source, headers, config, model_class, trust_remote_code)
     seed = config.mask_seed if config.mask_seed is not None else 0
-    keys_of = key_function(criterion, seed)
+    scorer = Scorer(criterion, targets, seed)
     fingerprint = _fingerprint(files, config, model_class=model_class, packed=packed_masks, compress=compress,
                                source=os.path.abspath(source))
     local_counts: dict[str, int] = {}
@@ -465,17 +634,16 @@ def prune_checkpoint_streaming(
             _clear_stage(stage)
             state = StreamingState(fingerprint)
         if distribution == "global" and not state.thresholds:
-            state.thresholds = _global_thresholds(targets, config, keys_of, progress)
+            largest_shard = max(os.path.getsize(p) for p in files)
+            state.thresholds = _global_thresholds(targets, config, scorer, progress, band_budget=largest_shard // 48)
             state.save(state_path)
-        by_file: dict[str, set[str]] = {}
-        for t in targets:
-            by_file.setdefault(t.file, set()).add(t.name)
+        by_file = {path: {t.name: t for t in group} for path, group in _by_file(targets).items()}
         todo = [p for p in files if os.path.basename(p) not in state.done]
         total = sum(os.path.getsize(p) for p in todo)
-        with _bar(total, "pass 3/3: write", progress) as bar:
+        with _bar(total, "pass 2/2: write", progress) as bar:
             for path in todo:
                 state.done[os.path.basename(path)] = _write_shard(
-                    path, stage, by_file.get(path, set()), state.thresholds, local_counts, keys_of, bar
+                    path, stage, by_file.get(path, {}), state.thresholds, local_counts, scorer, bar
                 )
                 state.save(state_path)
         if not state.reached("merged"):
