@@ -6,6 +6,8 @@ Usage: distributed_shard_driver.py OUT_DIR MODE..., each MODE one of
   GPUs, the placements do not). Every rank feeds the same batch, so the sharded run must reach the masks of
   an unsharded reference run trained alongside.
 - agree: masks that differ on one rank are detected, and repaired from rank 0 (masks and weights).
+- upkeep: a fixed mask (omp_before) under DDP, FSDP2 and FSDP1, with AdamW (keeps zeros by itself) and with an
+  optimizer that moves zero entries; counts how often weights and optimizer state are re-masked.
 Each rank writes OUT_DIR/<mode>-rank-<i>.json with what it observed.
 """
 
@@ -35,16 +37,39 @@ def batch():
     return {k: torch.stack([data[i][k] for i in range(8)]) for k in ("input_ids", "attention_mask", "labels")}
 
 
-def train(model, out_dir, steps=STEPS):
-    """The Trainer's event order, without the Trainer: begin, then per step pre-step, step, post-step."""
+class ShiftingSGD(torch.optim.SGD):
+    """SGD with momentum that also moves every entry a little: like any optimizer outside torch's elementwise
+    ones, a zero gradient on a zero weight does not keep it zero, so masks must be re-applied after each step."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.add_(1e-3)
+        return loss
+
+
+def adamw(params):
+    return torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+
+
+def shifting_sgd(params):
+    return ShiftingSGD(params, lr=1e-2, momentum=0.9)
+
+
+def train(model, out_dir, steps=STEPS, method="gmp", optimizer=adamw, wrapped=None):
+    """The Trainer's event order, without the Trainer: begin, then per step pre-step, step, post-step.
+    `wrapped` (a DDP module) runs forward and backward; the callback sees `model`, as under the Trainer."""
     args = TrainingArguments(output_dir=out_dir, use_cpu=True, report_to=[], max_grad_norm=0.0)
     state, control = TrainerState(max_steps=steps), TrainerControl()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    callback = SparsityCallback(SparsityConfig(method="gmp", sparsity=0.5, update_every=1))
+    optimizer = optimizer(model.parameters())
+    schedule = {"update_every": 1} if method == "gmp" else {}
+    callback = SparsityCallback(SparsityConfig(method=method, sparsity=0.5, **schedule))
     callback.on_train_begin(args, state, control, model=model, optimizer=optimizer)
     inputs = batch()
     for _ in range(steps):
-        model(**inputs).loss.backward()
+        (wrapped or model)(**inputs).loss.backward()
         callback.on_pre_optimizer_step(args, state, control, model=model, optimizer=optimizer)
         optimizer.step()
         callback.on_optimizer_step(args, state, control, model=model, optimizer=optimizer)
@@ -53,7 +78,7 @@ def train(model, out_dir, steps=STEPS):
     return callback, optimizer
 
 
-def local(tensor):
+def local_part(tensor):
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
@@ -74,12 +99,12 @@ def sharded(mode, out_dir):
     masks, placement = callback.masks, callback.masks.placement
     local_masks = placement.local_masks(masks)
     with torch.no_grad():
-        pruned_nonzero_local = sum(int(local(masks.params[n].data)[~m].ne(0).sum()) for n, m in local_masks.items())
+        pruned_nonzero_local = sum(int(local_part(masks.params[n].data)[~m].ne(0).sum()) for n, m in local_masks.items())
         moments_nonzero_local = sum(
-            int(local(v)[~m].ne(0).sum())
+            int(local_part(v)[~m].ne(0).sum())
             for n, m in local_masks.items()
             for v in (optimizer.state.get(masks.params[n]) or {}).values()
-            if torch.is_tensor(v) and local(v).shape == m.shape
+            if torch.is_tensor(v) and local_part(v).shape == m.shape
         )
     if mode == "fsdp2":
         full = {n: p.detach().full_tensor() for n, p in model.named_parameters()}
@@ -106,6 +131,86 @@ def sharded(mode, out_dir):
     record["max_weight_difference"] = max(
         float((full[n] - p.detach()).abs().max()) for n, p in reference.named_parameters()
     )
+    return record
+
+
+class CallCounter:
+    """Counts calls of MaskSet's apply_to_* methods (every masking pass enters through them)."""
+
+    METHODS = ("apply_to_weights", "apply_to_optimizer", "apply_to_grads")
+
+    def __enter__(self):
+        self.counts = dict.fromkeys(self.METHODS, 0)
+        self.originals = {name: getattr(MaskSet, name) for name in self.METHODS}
+        for name, original in self.originals.items():
+            setattr(MaskSet, name, self._counting(name, original))
+        return self
+
+    def _counting(self, name, original):
+        def counted(masks, *args, **kwargs):
+            self.counts[name] += 1
+            return original(masks, *args, **kwargs)
+
+        return counted
+
+    def __exit__(self, *exc):
+        for name, original in self.originals.items():
+            setattr(MaskSet, name, original)
+
+
+def nonzero_at_pruned(callback, optimizer):
+    """Entries at pruned positions that are not exactly zero: in the weights this rank holds, and in their
+    optimizer buffers."""
+    masks, placement = callback.masks, callback.masks.placement
+    if placement is None:
+        held = [(p, m) for _, p, m in masks.masked()]
+    else:
+        local = placement.local_masks(masks)
+        held = [(p, local[n]) for n, p, _ in masks.masked()]
+    with torch.no_grad():
+        weights = sum(int(local_part(p.data)[~m].ne(0).sum()) for p, m in held)
+        buffers = sum(
+            int(local_part(v)[~m].ne(0).sum())
+            for p, m in held
+            for v in (optimizer.state.get(p) or {}).values()
+            if torch.is_tensor(v) and local_part(v).shape == m.shape
+        )
+    return weights, buffers
+
+
+def upkeep(out_dir):
+    """A fixed mask for STEPS steps on each backend and optimizer: masking passes counted, zeros checked."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+    from torch.nn.parallel import DistributedDataParallel
+
+    record = {}
+    for backend in ("ddp", "fsdp2", "fsdp1"):
+        for name, optimizer in (("adamw", adamw), ("shifting_sgd", shifting_sgd)):
+            model, wrapped = tiny_roberta(), None
+            if backend == "ddp":
+                wrapped = DistributedDataParallel(model)
+            elif backend == "fsdp2":
+                mesh = init_device_mesh("cpu", (PartialState().num_processes,))
+                for layer in model.roberta.encoder.layer:
+                    fully_shard(layer, mesh=mesh)
+                fully_shard(model, mesh=mesh)
+            else:
+                model = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
+            with CallCounter() as counter:
+                callback, opt = train(model, out_dir, method="omp_before", optimizer=optimizer, wrapped=wrapped)
+            weights, buffers = nonzero_at_pruned(callback, opt)
+            placement = callback.masks.placement
+            record[f"{backend}/{name}"] = {
+                "placement": None if placement is None else placement.name,
+                "steps": callback.step,
+                "counts": counter.counts,
+                "pruned": callback.masks.pruned(),
+                "numel": callback.masks.numel(),
+                "pruned_nonzero_local": weights,
+                "moments_nonzero_local": buffers,
+                "digest": callback.masks.digest(),
+            }
     return record
 
 
@@ -143,7 +248,7 @@ def main():
     state = PartialState(cpu=True)
     for mode in modes:
         torch.manual_seed(0)
-        record = agree(out_dir) if mode == "agree" else sharded(mode, out_dir)
+        record = {"agree": agree, "upkeep": upkeep}.get(mode, lambda out: sharded(mode, out))(out_dir)
         record["process_index"], record["num_processes"] = state.process_index, state.num_processes
         with open(os.path.join(out_dir, f"{mode}-rank-{state.process_index}.json"), "w") as handle:
             json.dump(record, handle)

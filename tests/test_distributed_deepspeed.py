@@ -198,3 +198,59 @@ def test_methods_that_need_dense_gradients_are_refused_under_deepspeed(tmp_path)
     callback = SparsityCallback(SparsityConfig(method="rigl", sparsity=0.5))
     with pytest.raises(ValueError, match="reads dense gradients before the optimizer step"):
         callback.on_train_begin(training_args(tmp_path), TrainerState(max_steps=10), TrainerControl(), model=model)
+
+
+class ShiftingSGD(torch.optim.SGD):
+    """An optimizer outside torch's elementwise ones: it moves every entry, zeros included."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.add_(1e-3)
+        return loss
+
+
+@pytest.mark.parametrize("inner, remasked_every_step", [
+    (lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1), False),
+    (lambda params: ShiftingSGD(params, lr=1e-2, momentum=0.9), True),
+], ids=["adamw", "shifting-sgd"])
+def test_zero12_fixed_mask_reapplied_only_for_optimizers_that_move_zeros(monkeypatch, tmp_path, inner,
+                                                                         remasked_every_step):
+    """The Trainer's order under DeepSpeed: the engine steps inside backward (here its inner torch optimizer on
+    the whole weights, behind the engine's `.optimizer` wrapper), then the callback's events run. The gradient
+    hooks mask what the optimizer reads, so AdamW needs no re-masking between mask changes."""
+    FakeDeepSpeed(0).install(monkeypatch)
+    model = tiny_roberta()
+    for param in model.parameters():
+        param._hp_mapping = None
+    masks = MaskSet.for_model(model)
+    for param in masks.params.values():
+        param.fp32 = param.detach().float().clone()
+        param.moments = {k: torch.rand(param.shape) + 0.5 for k in KEYS}
+    calls = []
+    original = MaskSet.apply_to_weights
+    monkeypatch.setattr(MaskSet, "apply_to_weights", lambda self: (calls.append(1), original(self))[1])
+    inner_optimizer = inner(model.parameters())
+    engine_optimizer = types.SimpleNamespace(optimizer=inner_optimizer)
+    args, state, control = training_args(tmp_path), TrainerState(max_steps=10), TrainerControl()
+    callback = SparsityCallback(SparsityConfig(method="omp_before", sparsity=0.5))
+    callback.on_train_begin(args, state, control, model=model, optimizer=engine_optimizer)
+    assert callback.masks.placement.name == "deepspeed-zero1/2"
+    data = ToyClassification(n=4)
+    batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in ("input_ids", "attention_mask", "labels")}
+    steps = 4
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        inner_optimizer.step()
+        inner_optimizer.zero_grad()
+        callback.on_pre_optimizer_step(args, state, control, model=model, optimizer=engine_optimizer)
+        callback.on_optimizer_step(args, state, control, model=model, optimizer=engine_optimizer)
+        state.global_step += 1
+    assert len(calls) == 1 + (steps if remasked_every_step else 0)
+    for _, param, mask in callback.masks.masked():
+        assert int(param.data[~mask].ne(0).sum()) == 0
+        assert int(param.data[mask].eq(0).sum()) == 0
+        state_of = inner_optimizer.state[param]
+        assert all(int(v[~mask].ne(0).sum()) == 0 for v in state_of.values() if torch.is_tensor(v) and v.dim())

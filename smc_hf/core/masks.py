@@ -7,6 +7,7 @@ is safe to repeat after a skipped optimizer step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -79,6 +80,25 @@ class MaskSet:
         if missing:
             raise KeyError(f"parameters not found in the model: {missing[:5]}")
         self.params = {n: current[n] for n in self.params}
+
+    @contextlib.contextmanager
+    def whole(self, params: Optional[dict[str, nn.Parameter]] = None) -> Iterator[None]:
+        """Inside, masks apply to whole tensors with no placement: the selected weights themselves or, with
+        `params`, stand-ins for them under the same names and full shapes (gathered copies of sharded weights)."""
+        if params is not None:
+            wrong = sorted(set(params) ^ set(self.params)) or [
+                n for n, p in params.items() if tuple(p.shape) != self.shapes[n]
+            ]
+            if wrong:
+                raise ValueError(f"stand-ins must have the selected weights' names and full shapes; {wrong[:5]} do not")
+        saved = self.params, self.placement
+        if params is not None:
+            self.params = {n: params[n] for n in self.params}
+        self.placement = None
+        try:
+            yield
+        finally:
+            self.params, self.placement = saved
 
     @property
     def names(self) -> list[str]:

@@ -12,8 +12,11 @@ maps them onto what this rank holds, so masking a sharded model multiplies shard
 - DeepSpeed ZeRO-1/2/3: `Trainer.optimizer.step()` is a no-op, the engine steps inside `backward`, and
   fp32 master weights overwrite the model's half-precision copy. Masks therefore enter as gradient hooks
   (pruned positions receive a zero gradient before DeepSpeed reduces it, so masters and Adam moments,
-  zeroed through `deepspeed.utils.safe_set_*` when the mask is set, never move) and the half-precision
-  weights are re-masked after each step as a safety net. ZeRO-3 uses the local (per-partition) helpers.
+  zeroed through `deepspeed.utils.safe_set_*` when the mask is set, never move), so the half-precision
+  weights copied from them stay zero. ZeRO-3 uses the local (per-partition) helpers.
+
+Between mask changes nothing is re-masked after a step when the optimizer keeps zeros by itself
+(`step_keeps_pruned_zero`); otherwise weights and optimizer state are re-masked after every step.
 
 Mask changes (scoring and allocation) run inside `mask_update`, where every selected weight is whole and
 the masks apply to whole tensors. On leaving it, with several processes, the masks of all ranks are compared
@@ -31,7 +34,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from ..core.masks import MaskSet, _mul_, unwrap_optimizer
+from ..core.masks import MaskSet, _mul_, preserves_zeros, unwrap_optimizer
 from ..core.zeros import count_pruned
 from ._deepspeed_private import partition, partition_group, zero_stage
 
@@ -72,14 +75,15 @@ def broadcast_masks(masks: MaskSet, from_process: int = 0) -> None:
     """Give every rank the masks of `from_process` (a collective), in one packed uint8 broadcast."""
     from accelerate.utils import broadcast, broadcast_object_list
 
-    names = broadcast_object_list([sorted(masks.masks)], from_process=from_process)[0]
-    unknown = [n for n in names if n not in masks.params]
+    names = broadcast_object_list([sorted(masks.mask_dict())], from_process=from_process)[0]
+    selected = set(masks.names)
+    unknown = [n for n in names if n not in selected]
     if unknown:
         raise ValueError(f"rank {from_process} has masks for parameters this rank does not select: {unknown[:5]}")
     shapes = [masks.shapes[n] for n in names]
     device = _state().device
     if names and process_index() == from_process:
-        packed = torch.cat([masks.masks[n].reshape(-1).to(device=device, dtype=torch.uint8) for n in names])
+        packed = torch.cat([masks.mask(n).reshape(-1).to(device=device, dtype=torch.uint8) for n in names])
     else:
         packed = torch.zeros(sum(math.prod(s) for s in shapes), dtype=torch.uint8, device=device)
     if names:
@@ -128,7 +132,7 @@ class Placement:
         bad = [n for n, (weight, keep) in self.local_weight_pairs(masks) if bool(weight[~keep].any())]
         if bad:
             raise RuntimeError(f"pruned weights are not zero in this rank's shard of {bad[:5]}")
-        return {n: count_pruned(m) if (m := masks.masks.get(n)) is not None else 0 for n in masks.names}
+        return {n: count_pruned(m) if (m := masks.mask(n)) is not None else 0 for n in masks.names}
 
     def local_weight_pairs(self, masks: MaskSet) -> list[tuple[str, tuple[torch.Tensor, torch.Tensor]]]:
         """(name, (the weight tensor this rank holds, its local keep-mask)) for every masked weight."""
@@ -155,9 +159,13 @@ class _LocalMasks(Placement):
     def _local_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
-    def local_weight_pairs(self, masks: MaskSet):
+    def local_parameters(self, masks: MaskSet) -> Iterator[tuple[str, nn.Parameter, torch.Tensor]]:
+        """(name, parameter, its local keep-mask) for every masked weight."""
         local = self.local_masks(masks)
-        return [(n, (self._local_tensor(masks.params[n].data), m)) for n, m in local.items()]
+        return ((name, param, local[name]) for name, param, _ in masks.masked())
+
+    def local_weight_pairs(self, masks: MaskSet):
+        return [(n, (self._local_tensor(p.data), m)) for n, p, m in self.local_parameters(masks)]
 
     @torch.no_grad()
     def apply_to_weights(self, masks: MaskSet) -> None:
@@ -167,10 +175,9 @@ class _LocalMasks(Placement):
     @torch.no_grad()
     def apply_to_grads(self, masks: MaskSet) -> None:
         tensors, local_masks = [], []
-        for name, mask in self.local_masks(masks).items():
-            grad = masks.params[name].grad
-            if grad is not None:
-                tensors.append(self._local_tensor(grad))
+        for _, param, mask in self.local_parameters(masks):
+            if param.grad is not None:
+                tensors.append(self._local_tensor(param.grad))
                 local_masks.append(mask)
         _mul_(tensors, local_masks)
 
@@ -180,8 +187,8 @@ class _LocalMasks(Placement):
             return
         state = unwrap_optimizer(optimizer).state
         tensors, local_masks = [], []
-        for name, mask in self.local_masks(masks).items():
-            for value in (state.get(masks.params[name]) or {}).values():
+        for _, param, mask in self.local_parameters(masks):
+            for value in (state.get(param) or {}).values():
                 if torch.is_tensor(value):
                     value = self._local_tensor(value)
                     if value.shape == mask.shape:
@@ -205,8 +212,7 @@ class DTensorPlacement(_LocalMasks):
         from torch.distributed.tensor import distribute_tensor
 
         local = {}
-        for name, mask in masks.masks.items():
-            param = masks.params[name]
+        for name, param, mask in masks.masked():
             cut = distribute_tensor(mask.to(torch.uint8), param.device_mesh, param.placements, src_data_rank=None)
             local[name] = cut.to_local().bool()
         return local
@@ -218,18 +224,15 @@ class DTensorPlacement(_LocalMasks):
     def full_view(self, masks: MaskSet, grads: bool = False) -> Iterator[None]:
         from torch.distributed.tensor import distribute_tensor
 
-        real = dict(masks.params)
+        real = dict(masks.named_parameters())
         full = {}
         for name, param in real.items():
             copy = nn.Parameter(param.detach().full_tensor(), requires_grad=param.requires_grad)
             if grads and param.grad is not None:
                 copy.grad = param.grad.full_tensor()
             full[name] = copy
-        masks.params, masks.placement = full, None
-        try:
+        with masks.whole(full):
             yield
-        finally:
-            masks.params, masks.placement = real, self
         with torch.no_grad():
             for name, param in real.items():
                 shard = distribute_tensor(
@@ -261,23 +264,19 @@ class FSDP1Placement(_LocalMasks):
 
     @contextlib.contextmanager
     def full_view(self, masks: MaskSet, grads: bool = False) -> Iterator[None]:
-        with self._fsdp().summon_full_params(self.model, writeback=True, with_grads=grads):
-            masks.placement = None
-            try:
-                yield
-            finally:
-                masks.placement = self
+        with self._fsdp().summon_full_params(self.model, writeback=True, with_grads=grads), masks.whole():
+            yield
 
     @torch.no_grad()
     def _cut(self, masks: MaskSet) -> dict[str, torch.Tensor]:
-        names = list(masks.masks)
-        saved = {n: masks.params[n].detach().clone() for n in names}
+        masked = list(masks.masked())
+        saved = [param.detach().clone() for _, param, _ in masked]
         with self._fsdp().summon_full_params(self.model, writeback=True):
-            for name in names:
-                masks.params[name].data.copy_(masks.masks[name])
-        local = {n: masks.params[n].detach() != 0 for n in names}
-        for name in names:
-            masks.params[name].data.copy_(saved[name])
+            for _, param, mask in masked:
+                param.data.copy_(mask)
+        local = {name: param.detach() != 0 for name, param, _ in masked}
+        for (_, param, _), values in zip(masked, saved):
+            param.data.copy_(values)
         return local
 
 
@@ -307,13 +306,13 @@ class DeepSpeedPlacement(_LocalMasks):
             handle.remove()
         self._hooks = [
             param.register_hook(self._grad_hook(masks, name))
-            for name, param in masks.params.items()
+            for name, param in masks.named_parameters()
             if param.requires_grad
         ]
 
     def _grad_hook(self, masks: MaskSet, name: str):
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            mask = masks.masks.get(name)  # looked up at call time: a changed mask is never stale
+            mask = masks.mask(name)  # looked up at call time: a changed mask is never stale
             if mask is None:
                 return grad
             if grad.shape == mask.shape:
@@ -330,10 +329,9 @@ class DeepSpeedPlacement(_LocalMasks):
 
     def _cut(self, masks: MaskSet) -> dict[str, torch.Tensor]:
         if not self.stage3:
-            return dict(masks.masks)
+            return masks.mask_dict()
         local = {}
-        for name, mask in masks.masks.items():
-            param = masks.params[name]
+        for name, param, mask in masks.masked():
             size = partition(param).numel()
             rank, world = self._partition(param)
             flat = torch.zeros(size * world, dtype=torch.bool, device=mask.device)
@@ -342,10 +340,9 @@ class DeepSpeedPlacement(_LocalMasks):
         return local
 
     def local_weight_pairs(self, masks: MaskSet):
-        local = self.local_masks(masks)
         if self.stage3:
-            return [(n, (partition(masks.params[n]).data.view(-1), m)) for n, m in local.items()]
-        return [(n, (masks.params[n].data, m)) for n, m in local.items()]
+            return [(n, (partition(p).data.view(-1), m)) for n, p, m in self.local_parameters(masks)]
+        return [(n, (p.data, m)) for n, p, m in self.local_parameters(masks)]
 
     @contextlib.contextmanager
     def bind_view(self) -> Iterator[None]:
@@ -360,20 +357,14 @@ class DeepSpeedPlacement(_LocalMasks):
     @contextlib.contextmanager
     def full_view(self, masks: MaskSet, grads: bool = False) -> Iterator[None]:
         if not self.stage3:
-            masks.placement = None
-            try:
+            with masks.whole():
                 yield
-            finally:
-                masks.placement = self
             return
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(masks.params.values()), modifier_rank=0):
-            masks.placement = None
-            try:
-                yield
-            finally:
-                masks.placement = self
+        params = [param for _, param in masks.named_parameters()]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0), masks.whole():
+            yield
 
     def apply_to_grads(self, masks: MaskSet) -> None:
         """Gradients were masked by the hooks before DeepSpeed reduced them; nothing is left in `.grad`."""
@@ -387,8 +378,7 @@ class DeepSpeedPlacement(_LocalMasks):
         from deepspeed import utils as ds
 
         keys = optimizer_state_keys(optimizer) if optimizer is not None else []
-        for name, mask in self.local_masks(masks).items():
-            param = masks.params[name]
+        for _, param, mask in self.local_parameters(masks):
             if self.stage3:
                 master = ds.safe_get_local_fp32_param(param)
                 if master is not None:
@@ -413,6 +403,21 @@ def optimizer_state_keys(optimizer) -> list[str]:
     for state in unwrap_optimizer(optimizer).state.values():
         keys.update(k for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0)
     return sorted(keys)
+
+
+def step_keeps_pruned_zero(optimizer) -> bool:
+    """Whether an optimizer step leaves pruned weights and their optimizer state exactly zero by itself, so they
+    need masking only when masks change.
+
+    On every backend the gradient an optimizer reads is already masked: `SparsityCallback` masks `.grad` (or
+    this rank's shard of it: FSDP2, FSDP1) in `on_pre_optimizer_step`; under DeepSpeed the gradient hooks mask
+    it before reduction, and masters and moments were zeroed when the mask was set. A zero gradient on a zero
+    weight with zero state stays zero for an optimizer whose update of an entry reads only that entry
+    (`preserves_zeros`: torch's SGD, Adam(W), ...). Under DeepSpeed that is the engine's inner optimizer: the
+    Trainer's torch AdamW with the shipped configs; DeepSpeed's own FusedAdam/CPUAdam are not recognised and
+    keep the per-step pass.
+    """
+    return optimizer is not None and preserves_zeros(optimizer)
 
 
 def placement_for(model: nn.Module) -> Optional[Placement]:
@@ -482,8 +487,7 @@ def agree_masks(masks: MaskSet) -> None:
         from accelerate.utils import broadcast
 
         with torch.no_grad():
-            for name in masks.masks:
-                param = masks.params[name]
+            for _, param, _ in masks.masked():
                 param.data.copy_(broadcast(param.data.contiguous(), from_process=0))
     masks.apply_to_weights()
 
@@ -537,6 +541,7 @@ __all__ = [
     "optimizer_state_keys",
     "placement_for",
     "process_index",
+    "step_keeps_pruned_zero",
     "step_was_skipped",
     "unscale_gradients",
 ]

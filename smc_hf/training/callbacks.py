@@ -22,7 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..config import SparsityConfig
 from ..core.context import PruneContext
-from ..core.masks import MaskSet, preserves_zeros
+from ..core.masks import MaskSet
 from ..core.selection import select_parameters
 from ..integrations import distributed
 from ..io.mask_file import MASKS_FILE
@@ -236,11 +236,9 @@ class SparsityCallback(TrainerCallback, ExportableState):
                         self.context(args, state, model, optimizer, kwargs.get("train_dataloader"))
                     )
         # Pruned weights and their optimizer state are zeroed here. With an elementwise optimizer they are
-        # already zero (their gradients were masked), so the pass runs only when masks changed: it is most
-        # of the cost of mask upkeep on a memory-bound CPU step.
-        if not self._apply_changed(optimizer, grads=True) and (
-            self.masks.placement is not None or not preserves_zeros(optimizer)
-        ):
+        # already zero on every backend (their gradients were masked), so the pass runs only when masks
+        # changed: it is most of the cost of mask upkeep on a memory-bound CPU step.
+        if not self._apply_changed(optimizer, grads=True) and not distributed.step_keeps_pruned_zero(optimizer):
             self.masks.apply(optimizer)
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
