@@ -8,6 +8,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
 
 from smc_hf import SparsityConfig, prune_model
+from smc_hf.core.patterns import NMPattern, check_nm, input_dims
 from smc_hf.core.sparsegpt import block_prune_counts, sparsegpt_prune
 
 
@@ -49,7 +50,7 @@ def test_the_update_right_of_a_pruned_weight_is_the_least_squares_optimum_there(
     x = _inputs(seed=2)
     w = torch.randn(6, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     w[torch.arange(6), torch.arange(6) + 1] *= 1e-4  # row r's lowest score in column r + 1
-    new, keep = sparsegpt_prune(w.float(), _hessian(x).float(), 0.0, blocksize=8, percdamp=0.0, nm=(7, 8))
+    new, keep = sparsegpt_prune(w.float(), _hessian(x).float(), 0.0, blocksize=8, percdamp=0.0, pattern=NMPattern(7, 8))
     assert (keep.sum(1) == 7).all()
     pruned = (~keep).nonzero()[:, 1]
     assert pruned.tolist() == [1, 2, 3, 4, 5, 6]
@@ -74,10 +75,10 @@ def test_counts_are_exact_per_layer_across_column_blocks(sparsity):
 def test_nm_groups_are_exact_and_misfit_widths_are_refused():
     x = _inputs(n=128, columns=16).float()
     w = torch.randn(4, 16, generator=torch.Generator().manual_seed(5))
-    new, keep = sparsegpt_prune(w, _hessian(x), 0.0, blocksize=8, nm=(2, 4))
+    new, keep = sparsegpt_prune(w, _hessian(x), 0.0, blocksize=8, pattern=NMPattern(2, 4))
     assert (keep.view(4, 4, 4).sum(2) == 2).all() and torch.equal(new == 0, ~keep)
     with pytest.raises(ValueError, match="multiples of 4"):
-        sparsegpt_prune(w, _hessian(x), 0.0, blocksize=6, nm=(2, 4))
+        sparsegpt_prune(w, _hessian(x), 0.0, blocksize=6, pattern=NMPattern(2, 4))
 
 
 def test_dead_inputs_are_pruned_first_and_nothing_is_nan():
@@ -156,6 +157,18 @@ class _Wrap(nn.Module):
 
     def forward(self, input):
         return self.body(input)
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8"])
+def test_pattern_gives_exact_groups_in_every_layer(pattern):
+    model = _llama()
+    masks = prune_model(model, SparsityConfig(method="sparsegpt", pattern=pattern), dataloader=_token_batches())
+    dims = input_dims(model, masks.names)
+    for name, param in masks.params.items():
+        assert check_nm(param != 0, NMPattern.parse(pattern), dims[name]).numel() == 0, name
+        assert check_nm(masks.masks[name], NMPattern.parse(pattern), dims[name]).numel() == 0, name
+    with pytest.raises(ValueError, match="multiple of 8"):
+        SparsityConfig(method="sparsegpt", pattern="4:8", sparsegpt_blocksize=12)
 
 
 def test_without_calibration_data_the_error_names_the_option():

@@ -12,7 +12,8 @@ from transformers import GPT2Config, GPT2Model
 
 from smc_hf import SparseTrainer, SparsityConfig, prune_model
 from smc_hf.cli.prune import main
-from smc_hf.core.rowwise import nm_keep, per_row
+from smc_hf.core.patterns import NMPattern, check_nm
+from smc_hf.core.rowwise import per_row
 from smc_hf.io.mask_file import MASKS_FILE, read_masks
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 from tests.task_fixtures import tiny_esm_dir, write_jsonl
@@ -56,8 +57,21 @@ def test_per_row_counts_are_exact_and_ties_prune_the_lower_index():
     masks = per_row(scores, 0.5)
     assert ((~masks["a"]).sum(1) == round(0.5 * 7)).all() and ((~masks["b"]).sum(1) == 5).all()
     assert torch.equal(masks["a"][0], torch.tensor([False] * 4 + [True] * 3))
-    keep = nm_keep(torch.rand(4, 12), (2, 4))
-    assert (keep.view(4, 3, 4).sum(2) == 2).all()
+    conv = per_row({"c": torch.rand(10, 3)}, 0.5, input_dims={"c": 0})["c"]  # Conv1D layout (in, out)
+    assert ((~conv).sum(0) == 5).all()
+
+
+def test_pattern_keeps_the_best_n_of_every_m_inputs_of_each_row():
+    x = _outlier_inputs()
+    layer = nn.Linear(16, 6, bias=False)
+    w = layer.weight.detach().clone()
+    data = [{"input": x[i:i + 32]} for i in range(0, 256, 32)]
+    masks = prune_model(_Wrap(layer), SparsityConfig(method="wanda", pattern="2:4"), dataloader=data)
+    keep = masks.masks["layer.weight"]
+    assert check_nm(keep, NMPattern(2, 4)).numel() == 0 and check_nm(layer.weight != 0, NMPattern(2, 4)).numel() == 0
+    score = (w.abs() * x.square().mean(0).sqrt()).view(6, 4, 4)
+    expected = torch.zeros_like(score, dtype=torch.bool).scatter_(2, score.topk(2, dim=2).indices, True)
+    assert torch.equal(keep, expected.view(6, 16))
 
 
 def test_per_row_is_a_distribution_for_any_criterion():
@@ -128,6 +142,7 @@ def test_sparse_trainer_prunes_after_dense_finetuning(tmp_path):
     trainer = SparseTrainer(model=model, args=training_args(tmp_path, max_steps=4), sparsity_config=cfg,
                             train_dataset=ToyClassification())
     trainer.train()
+    trainer.save_model()
     report = trainer.sparsity_report()
     assert report.achieved == pytest.approx(0.5)
     masks = read_masks(os.path.join(tmp_path, MASKS_FILE))
