@@ -183,6 +183,18 @@ class SparsityConfig:
         None, "oBERT: move the kept weights by the OBS update when pruning (default: obert no, as the release; "
         "obert_gradual yes, as the oBERT paper).",
     )
+    sparsegpt_blocksize: int = _arg(128, "SparseGPT: input columns per block whose masks are chosen together.")
+    sparsegpt_damp: float = _arg(
+        0.01, "SparseGPT: dampening added to the Hessian's diagonal, as a fraction of its mean (the reference's percdamp).",
+    )
+    activation_samples: Optional[int] = _arg(
+        None, "SparseGPT, Wanda: calibration examples whose layer inputs are read (default: every batch given to "
+        "prune_model / smc-prune; 128 of the training set inside a Trainer).",
+    )
+    sequential_calibration: bool = _arg(
+        True, "SparseGPT, Wanda: calibrate and prune block by block, holding one block's inputs (False: one pass of "
+        "the whole model gathers every layer's statistics first).",
+    )
 
     @property
     def method_class(self):
@@ -234,6 +246,10 @@ class SparsityConfig:
             raise ValueError(
                 f"drop_fraction_min must be in [0, drop_fraction = {self.drop_fraction}], got {self.drop_fraction_min}"
             )
+        self._check_range("sparsegpt_blocksize", 1, None)
+        self._check_range("activation_samples", 1, None, allow_none=True)
+        if not self.sparsegpt_damp >= 0:
+            raise ValueError(f"sparsegpt_damp must be >= 0, got {self.sparsegpt_damp}")
         if not self.obert_damp > 0:
             raise ValueError(f"obert_damp must be > 0, got {self.obert_damp}")
         METHODS.get(self.method).validate(self)

@@ -52,13 +52,14 @@ def calibration_loader(dataloader: Iterable, seed: int) -> Iterable:
     )
 
 
-def _to_device(batch, device: torch.device):
+def to_device(batch, device: torch.device):
+    """`batch` (a tensor, or dicts / lists / tuples of them) on `device`."""
     if torch.is_tensor(batch):
         return batch.to(device)
     if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device) for v in batch)
     return batch
 
 
@@ -124,7 +125,7 @@ def calibration_gradients(
         with bar:
             for batch in batches:
                 with torch.enable_grad():
-                    loss = _loss(model, _to_device(batch, device))
+                    loss = _loss(model, to_device(batch, device))
                     grads = torch.autograd.grad(loss, tensors, allow_unused=True, materialize_grads=True)
                 out = {}
                 for name, grad in zip(names, grads):

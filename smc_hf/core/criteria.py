@@ -14,13 +14,16 @@ from typing import Callable, Optional
 
 import torch
 
+from .activations import weight_modules
 from .allocation import LayerScores
-from .calibration import calibration_gradients, calibration_seed, show_progress
+from .calibration import calibration_gradients, calibration_loader, calibration_seed, show_progress
 from .context import PruneContext
 from .fisher import BlockFisher
+from .patterns import input_dim_of
 from .registry import Registry
 from .rng import LayerDraws
 from .seeds import derived_seed
+from .sequential import calibration_batches, one_pass
 
 
 class Scores(dict):
@@ -146,6 +149,44 @@ def obs(
 
         scores.compensate = compensate
     return scores
+
+
+def wanda_scores(weight: torch.Tensor, column_norms: torch.Tensor, input_dim: int = -1) -> torch.Tensor:
+    """Wanda's |W_ij| * ||X_j||_2 (Sun et al. 2023) from the mean squares of the input columns, float32,
+    shaped like the weight (`input_dim`: the weight's dimension that meets the input, 0 for a Conv1D)."""
+    norms = column_norms.float().sqrt()
+    shape = [1] * weight.dim()
+    shape[input_dim % weight.dim()] = -1
+    return weight.detach().abs().float() * norms.view(shape)
+
+
+def calibration_data(ctx: PruneContext, samples: Optional[int], what: str, option: str):
+    """Calibration batches for activation statistics: `samples` examples of the context's dataloader (inside a
+    Trainer a seeded shuffle of the training set); no dataloader is an error naming where to give one."""
+    if ctx.dataloader is None:
+        raise ValueError(
+            f"{what} needs calibration batches (a forward pass, labels not needed): pass dataloader= to "
+            f"prune_model, --calibration-task / --calibration-file to smc-prune ({option} sets how many examples)"
+        )
+    loader = calibration_loader(ctx.dataloader, calibration_seed(ctx.seed, ctx.round, ctx.step))
+    return calibration_batches(loader, samples, what)
+
+
+@CRITERIA.register("wanda")
+def wanda(ctx: PruneContext, samples: Optional[int] = None) -> Scores:
+    """Wanda scores of every selected weight from one whole-model pass over `samples` calibration examples
+    (None: the whole dataloader)."""
+    params = dict(ctx.masks.named_parameters())
+    modules = weight_modules(ctx.model, list(params))
+    out: dict[str, torch.Tensor] = {}
+
+    def score(stats: dict[str, torch.Tensor]) -> None:
+        for name, norms in stats.items():
+            out[name] = wanda_scores(params[name], norms, stats_dims[name])
+
+    stats_dims = {name: input_dim_of(module) for name, module in modules.items()}
+    one_pass(ctx.model, modules, calibration_data(ctx, samples, "Wanda scores", "activation_samples"), "norms", score)
+    return exclude_pruned(ctx, {name: out[name] for name in params})
 
 
 @CRITERIA.register("gradient")

@@ -1,6 +1,6 @@
 """SMC-Bench's algorithms, registered by name. Importing this package registers all of them."""
 
-from . import gradual, lth, obert, one_shot, rigl, snip  # noqa: F401  (registration side effects)
+from . import activation_aware, gradual, lth, obert, one_shot, rigl, snip  # noqa: F401  (registration side effects)
 from .base import SparsityMethod
 from .one_shot import DENSE_METHOD
 from .registry import METHODS

@@ -166,7 +166,8 @@ class SparsityMethod:
             pattern = self.config.nm_pattern
             masks = {n: nm_keep_mask(s, pattern, dims[n], n) for n, s in scores.items()}
         else:
-            masks = allocate(scores, sparsity, self.distribution, **self.distribution_options())
+            masks = allocate(scores, sparsity, self.distribution, input_dims=input_dims(ctx.model, ctx.masks.names),
+                             **self.distribution_options())
         del scores
         if compensate is not None:
             compensate(masks)

@@ -87,8 +87,8 @@ def check_method(config: SparsityConfig, options: PruneCheckpointArguments) -> N
         raise ValueError(f"streaming pruning spreads sparsity by {', '.join(STREAMING_DISTRIBUTIONS)}; "
                          f"distribution {config.distribution!r} needs the model in memory (run without --streaming)")
     if method.needs_data and not (options.calibration_task or options.calibration_file):
-        raise ValueError(f"method {config.method!r} scores weights with gradients: pass calibration_task or "
-                         "calibration_file (--calibration-task / --calibration-file)")
+        raise ValueError(f"method {config.method!r} scores weights from calibration data (gradients or layer inputs): "
+                         "pass calibration_task or calibration_file (--calibration-task / --calibration-file)")
 
 
 def resolve_source(source: str, options: PruneCheckpointArguments) -> str:
