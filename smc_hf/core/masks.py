@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..io.mask_file import MASKS_FILE, read_masks, save_masks
-from .selection import plain_name, select_parameters
+from .mask_names import mask_renaming, model_prefix
+from .selection import select_parameters
 from .zeros import count_pruned, count_zeros, total_pruned
 
 
@@ -54,10 +55,12 @@ def preserves_zeros(optimizer) -> bool:
 class MaskSet:
     """Keep-masks for a fixed, ordered set of named parameters."""
 
-    def __init__(self, params: dict[str, nn.Parameter]):
+    def __init__(self, params: dict[str, nn.Parameter], base_model_prefix: str = ""):
         if not params:
             raise ValueError("a MaskSet needs at least one parameter")
         self.params: dict[str, nn.Parameter] = dict(params)
+        #: The model's `base_model_prefix`: masks saved by the same body under another head load through it.
+        self.base_model_prefix = base_model_prefix
         self.masks: dict[str, torch.Tensor] = {}
         #: Full (logical) shapes, which masks always have, even where a rank holds only a shard.
         self.shapes: dict[str, tuple[int, ...]] = {n: tuple(p.shape) for n, p in self.params.items()}
@@ -70,7 +73,7 @@ class MaskSet:
 
     @classmethod
     def for_model(cls, model: nn.Module, targets=None, ignore=None, selection: str = "default") -> "MaskSet":
-        return cls(select_parameters(model, targets=targets, ignore=ignore, selection=selection))
+        return cls(select_parameters(model, targets=targets, ignore=ignore, selection=selection), model_prefix(model))
 
     # -- binding ---------------------------------------------------------------------------------------
     def rebind(self, model: nn.Module) -> None:
@@ -251,17 +254,16 @@ class MaskSet:
         return {n: m.detach().cpu().contiguous() for n, m in self.masks.items()}
 
     def load_state_dict(self, masks: dict[str, torch.Tensor], source: str = "masks") -> None:
-        """Set masks by parameter name; a PEFT-wrapped name and its plain form name the same weight.
+        """Set masks by parameter name, mapped as transformers maps weights (`smc_hf.core.mask_names`): a
+        PEFT-wrapped name and its plain form, a bare model's name and its task model's (`base_model_prefix`)
+        name the same weight; masks of a source task head this model lacks are left out with a log line.
 
         The set must cover every selected weight (or none, for a dense run): a partial set would let the
         uncovered layers train dense without a word. Layers meant to stay dense are left out of the
         selection with `ignore` (or `targets`), so the selection says it, not a missing entry.
         """
-        by_plain = {plain_name(n): n for n in self.params}
-        masks = {n if n in self.params else by_plain.get(plain_name(n), n): m for n, m in masks.items()}
-        unknown = sorted(set(masks) - set(self.params))
-        if unknown:
-            raise ValueError(f"{source}: masks for parameters that are not selected: {unknown[:5]}")
+        renaming = mask_renaming(masks, self.params, self.base_model_prefix).check(source)
+        masks = {renaming.renamed[n]: m for n, m in masks.items() if n in renaming.renamed}
         for name, mask in masks.items():
             if tuple(mask.shape) != self.shapes[name]:
                 raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {self.shapes[name]}")

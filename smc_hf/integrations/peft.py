@@ -23,6 +23,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..core.mask_names import mask_renaming, model_prefix
 from ..core.masks import MaskSet
 from ..core.selection import plain_name
 from ..core.zeros import count_zeros
@@ -46,13 +47,18 @@ def _base_weight_names(model: nn.Module) -> dict[int, str]:
 
 
 def base_masks(peft_model: nn.Module, masks: MaskSource = None) -> dict[str, torch.Tensor]:
-    """Keep-masks of the base weights, keyed by plain parameter name."""
+    """Keep-masks of the base weights, keyed by plain parameter name of `peft_model`.
+
+    Masks saved by the same body under another head (a bare checkpoint's `encoder...` for a task model's
+    `bert.encoder...`, or back) are mapped as transformers maps weights (`smc_hf.core.mask_names`).
+    """
     from ..io.mask_file import read_masks
 
+    where = "masks"
     if isinstance(masks, MaskSet):
-        found = {plain_name(n): m for n, m in masks.masks.items()}
+        found = dict(masks.masks)
     elif isinstance(masks, dict):
-        found = {plain_name(n): m.to(torch.bool) for n, m in masks.items()}
+        found = {n: m.to(torch.bool) for n, m in masks.items()}
     else:
         path = masks
         if path is None:
@@ -61,7 +67,7 @@ def base_masks(peft_model: nn.Module, masks: MaskSource = None) -> dict[str, tor
         elif os.path.isdir(path):
             path = os.path.join(path, MASKS_FILE)
         if path and os.path.isfile(path):
-            found = {plain_name(n): m for n, m in read_masks(path).items()}
+            found, where = read_masks(path), path
         elif masks is not None:
             raise FileNotFoundError(f"no sparsity masks at {path}")
         else:
@@ -75,7 +81,9 @@ def base_masks(peft_model: nn.Module, masks: MaskSource = None) -> dict[str, tor
                     found[names[id(weight)]] = weight.detach() != 0
     if not found:
         raise ValueError("no masks found for the base model: is it sparse?")
-    return found
+    names = {plain_name(n) for n, _ in peft_model.named_parameters(remove_duplicate=False)}
+    renaming = mask_renaming(found, names, model_prefix(peft_model)).check(where)
+    return {renaming.renamed[n]: m for n, m in found.items() if n in renaming.renamed}
 
 
 def _masked_layers(peft_model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, tuple[nn.Module, torch.Tensor]]:

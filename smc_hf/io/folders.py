@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..version import __version__
+from .atomic import atomic_path
 from .safetensors_io import checkpoint_files, open_safetensors
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,12 @@ TRAINER_STATE_FILE = "trainer_state.json"
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_MARKER = ".smc_hf_partial"
-#: Files of a model folder that are not weights: configs, tokenizers, processors, chat templates.
-AUXILIARY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
+#: Weight files of a model folder, in any format, and their shard indexes.
+WEIGHT_FILE = re.compile(
+    r"\.(safetensors|bin|pt|pth|ckpt|h5|msgpack|ot|gguf|onnx|onnx_data|tflite)$|\.(safetensors|bin)\.index\.json$"
+)
+#: Sub-folders holding the model's own weights exported for other runtimes (dense: never copied to a pruned folder).
+EXPORT_DIRS = ("onnx", "openvino")
 
 
 def _load_file(path: str) -> dict[str, torch.Tensor]:
@@ -95,18 +100,54 @@ def check_safetensors_files(folder: str) -> None:
                 pass
 
 
-def copy_auxiliary_files(source: str, target: str, skip: tuple[str, ...] = ()) -> list[str]:
-    """Copy a model folder's non-weight files (tokenizer, generation config, ...) that `target` lacks."""
-    copied = []
-    for name in sorted(os.listdir(source)):
-        path = os.path.join(source, name)
-        if (
-            os.path.isfile(path) and name.endswith(AUXILIARY_SUFFIXES) and name not in skip
-            and not name.startswith("model.") and not name.startswith("pytorch_model")
-            and not os.path.exists(os.path.join(target, name))
-        ):
-            shutil.copy2(path, os.path.join(target, name))
-            copied.append(name)
+def is_source_weight(relpath: str) -> bool:
+    """Whether a file of a source folder holds the source's own weights: any weight format at the top level
+    (pruning rewrites the safetensors ones; the others would ship the dense source under the pruned name),
+    their shard index, and the exports in `EXPORT_DIRS`. Files in other sub-folders belong to other modules
+    (a sentence-transformers `2_Dense/model.safetensors`) and are not weights of the pruned model."""
+    parts = relpath.replace(os.sep, "/").split("/")
+    if parts[0] in EXPORT_DIRS and len(parts) > 1:
+        return True
+    return len(parts) == 1 and bool(WEIGHT_FILE.search(parts[0]))
+
+
+def snapshot_ignore_patterns(trust_remote_code: bool = False) -> list[str]:
+    """`snapshot_download` patterns for what `copy_auxiliary_files` would leave out: the other weight formats
+    and exports (the safetensors weights are downloaded to be pruned); code only with `trust_remote_code`.
+    fnmatch's `*` crosses `/`, so every pattern starts with a literal name to match at the top level only."""
+    patterns = [".*", "pytorch_model*.bin", "pytorch_model*.bin.index.json", "tf_model*.h5", "flax_model*.msgpack",
+                "rust_model*.ot", "model*.ckpt*", "model*.onnx*", "model*.gguf", "model*.tflite",
+                "training_args.bin", "optimizer.*", "scheduler.*", "rng_state*", "scaler.*"]
+    patterns += [f"{d}/*" for d in EXPORT_DIRS]
+    if not trust_remote_code:
+        patterns.append("*.py")
+    return patterns
+
+
+def copy_auxiliary_files(source: str, target: str) -> list[str]:
+    """Copy every file and folder of the model folder `source` that is not one of its weights
+    (`is_source_weight`) and that `target` lacks: configs, tokenizers, chat templates, sentence-transformers'
+    `modules.json` and module folders (`1_Pooling/`, ...), so a library that loaded the source loads the
+    copy. Hidden entries (`.git`, `.cache`, `.gitattributes`) are version-control or download state and stay
+    behind. Each file appears atomically, so a run resumed after an interruption never keeps half a file.
+    Returns the copied paths, relative to `source`."""
+    copied: list[str] = []
+
+    def walk(relative: str) -> None:
+        for name in sorted(os.listdir(os.path.join(source, relative))):
+            rel = os.path.join(relative, name) if relative else name
+            src, dst = os.path.join(source, rel), os.path.join(target, rel)
+            if name.startswith(".") or is_source_weight(rel):
+                continue
+            if os.path.isdir(src):
+                os.makedirs(dst, exist_ok=True)
+                walk(rel)
+            elif os.path.isfile(src) and not os.path.exists(dst):
+                with atomic_path(dst) as tmp:
+                    shutil.copy2(src, tmp)
+                copied.append(rel)
+
+    walk("")
     return copied
 
 

@@ -1,11 +1,14 @@
 """The README.md of a sparse folder: Hub metadata, the sparsity table, how it was made and how to load it.
 
 Everything comes from the folder's `sparsity` block, so in-memory and streaming pruning get the same card.
+The card is meant for the Hub: it names a source by its Hub id or by its folder's name, and the command it
+prints names local files by their names only, never by a path of the machine that made it.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Optional
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -25,7 +28,41 @@ def _hub_id(name: Optional[str]) -> Optional[str]:
     return name
 
 
-def render_model_card(block: dict, base_model: Optional[str] = None, command: Optional[str] = None) -> str:
+def _is_local_path(token: str) -> bool:
+    return os.path.isabs(token) or token.startswith(("./", "../", "~")) or os.path.exists(token)
+
+
+def _local_name(path: str) -> str:
+    return os.path.basename(os.path.normpath(os.path.expanduser(path))) or path
+
+
+def source_name(source: Optional[str]) -> Optional[str]:
+    """How a card names a source: its Hub id, or the name of its local folder (never its path)."""
+    if not source:
+        return None
+    return _hub_id(source) or _local_name(source)
+
+
+def public_command(command: Optional[str]) -> Optional[str]:
+    """`command` with every local path (absolute, `./`, `~`, existing here, or the output folder) replaced by
+    its last component; options written `--name=path` included. Hub ids and other values stay as they are."""
+    if not command:
+        return command
+    tokens = shlex.split(command)
+    out = tokens[:1]
+    for previous, token in zip(tokens, tokens[1:]):
+        flag, eq, value = token.partition("=") if token.startswith("--") else ("", "", token)
+        output = (flag if eq else previous) == "--output"
+        if value and not value.startswith("-") and (output or _is_local_path(value)):
+            value = _local_name(value)
+        out.append(f"{flag}{eq}{value}")
+    return shlex.join(out)
+
+
+def render_model_card(
+    block: dict, base_model: Optional[str] = None, command: Optional[str] = None,
+    sentence_transformers: bool = False,
+) -> str:
     report = report_from_block(block)
     compressed = block.get("weights_format") == "bitmask_compressed"
     hub_base = _hub_id(base_model)
@@ -34,7 +71,8 @@ def render_model_card(block: dict, base_model: Optional[str] = None, command: Op
         base_model=hub_base,
         tags=["smc_hf", "sparse", "pruned", f"{block.get('method') or 'sparse'}"],
     )
-    title = f"{base_model or 'Model'} pruned to {_pct(report.achieved)} sparsity"
+    title = f"{source_name(base_model) or 'Model'} pruned to {_pct(report.achieved)} sparsity"
+    command = public_command(command)
     lines = [
         "---", data.to_yaml(), "---", "", f"# {title}", "",
         f"{_pct(report.achieved)} of the {report.numel:,} selected weights are exactly zero "
@@ -57,8 +95,15 @@ def render_model_card(block: dict, base_model: Optional[str] = None, command: Op
         lines += [
             "The weights are dense with exact zeros: plain `from_pretrained` loads them, no extra code needed.", "",
             "```python", "from transformers import AutoModel", "",
-            f'model = AutoModel.from_pretrained("{hub_base or "path/to/this/folder"}")', "```", "",
+            'model = AutoModel.from_pretrained("path/to/this/folder")', "```", "",
         ]
+        if sentence_transformers:
+            lines += [
+                "The folder keeps every non-weight file and folder of the source (sentence-transformers modules "
+                "included), so it loads as the source did:", "",
+                "```python", "from sentence_transformers import SentenceTransformer", "",
+                'model = SentenceTransformer("path/to/this/folder")', "```", "",
+            ]
     if block.get("masks_file"):
         lines += [
             "## Continuing training with the same mask", "",
@@ -81,5 +126,6 @@ def write_model_card(folder: str, base_model: Optional[str] = None, command: Opt
     if block is None:
         raise ValueError(f"{folder}/config.json has no sparsity block; save the model with smc_hf first")
     path = os.path.join(folder, "README.md")
-    ModelCard(render_model_card(block, base_model=base_model, command=command)).save(path)
+    st = os.path.isfile(os.path.join(folder, "modules.json"))
+    ModelCard(render_model_card(block, base_model=base_model, command=command, sentence_transformers=st)).save(path)
     return path

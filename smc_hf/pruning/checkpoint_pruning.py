@@ -16,7 +16,8 @@ from typing import Optional, Union
 from ..config import SparsityConfig
 from ..core.report import SparsityReport
 from ..io.compressed import COMPRESSED_INDEX
-from ..io.folders import AUXILIARY_SUFFIXES, check_output_outside
+from ..io.folders import check_output_outside, snapshot_ignore_patterns
+from ..io.model_card import public_command
 from ..io.safetensors_io import checkpoint_files, read_header
 from ..io.sparsity_block import read_sparsity_block, report_from_block
 from .loading import model_class_for
@@ -92,17 +93,17 @@ def check_method(config: SparsityConfig, options: PruneCheckpointArguments) -> N
 
 
 def resolve_source(source: str, options: PruneCheckpointArguments) -> str:
-    """A local folder holding the checkpoint: `source` itself, or a Hub snapshot of its safetensors and JSON."""
+    """A local folder holding the checkpoint: `source` itself, or a Hub snapshot of everything but the weights
+    in other formats (tokenizer, sentence-transformers modules and their folders included: the output keeps
+    them all) and, without `trust_remote_code`, code."""
     if os.path.isdir(source):
         return source
     if os.path.exists(source):
         raise ValueError(f"{source} is a file; pass the checkpoint's folder or a Hub id")
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.safetensors", "*.safetensors.index.json"] + [f"*{s}" for s in AUXILIARY_SUFFIXES]
-    if options.trust_remote_code:
-        patterns.append("*.py")
-    return snapshot_download(source, revision=options.revision, allow_patterns=patterns)
+    return snapshot_download(source, revision=options.revision,
+                             ignore_patterns=snapshot_ignore_patterns(options.trust_remote_code))
 
 
 def equivalent_command(source: str, config: SparsityConfig, options: PruneCheckpointArguments) -> str:
@@ -215,6 +216,6 @@ def prune_checkpoint(
         report = report_from_block(read_sparsity_block(args.output))
     if args.push_to_hub:
         url = push_folder(args.output, args.push_to_hub, private=args.private,
-                          commit_message=f"Sparse checkpoint: {command}")
+                          commit_message=f"Sparse checkpoint: {public_command(command)}")
         logger.info("pushed %s to %s", args.output, url)
     return report

@@ -22,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..config import SparsityConfig
 from ..core.context import PruneContext
+from ..core.mask_names import model_prefix
 from ..core.masks import MaskSet
 from ..core.selection import select_parameters
 from ..integrations import distributed
@@ -120,7 +121,7 @@ class SparsityCallback(TrainerCallback, ExportableState):
         if self.masks is None:
             params = select_parameters(model, targets=self.config.targets, ignore=self.config.ignore,
                                        selection=self.config.selection, required=self.prunes)
-            self.masks = MaskSet(params) if params else None
+            self.masks = MaskSet(params, model_prefix(model)) if params else None
         else:
             self.masks.rebind(model)
 
