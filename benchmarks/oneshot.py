@@ -13,7 +13,7 @@ weight, unstructured and, where `SparsityConfig` has a `pattern` option, 2:4. Pe
 - cosine of held-out sentence embeddings to the dense model's (mean pooling over the attention mask, as
   sentence-transformers does for MiniLM).
 
-Calibration is 128 CSQA training questions (MiniLM) or 32 random sequences (Llama). llm-compressor 0.14 pins
+Calibration is 1024 CSQA training questions (MiniLM, `--calibration N`) or 32 random sequences (Llama). llm-compressor 0.14 pins
 transformers <= 5.17, so it is installed in its own venv under `$SMC_HF_CACHE` (default `~/.cache/smc_hf`) on
 the first run (`--no-peer` skips it); it prunes the same model folders with the same calibration tokens in
 `benchmarks/peers/llmcompressor_oneshot.py`, and its pruned weights are scored here with the same metrics. When
@@ -92,7 +92,7 @@ class Problem:
     held_out: list
 
 
-def minilm_problem(quick: bool) -> Problem:
+def minilm_problem(quick: bool, calibration: int) -> Problem:
     from transformers import AutoModel, AutoTokenizer
 
     from tasks.model_aliases import resolve_model_alias
@@ -102,9 +102,9 @@ def minilm_problem(quick: bool) -> Problem:
     model = AutoModel.from_pretrained(folder).eval()
 
     def encode(texts):
-        return dict(tokenizer(texts, padding="max_length", truncation=True, max_length=64, return_tensors="pt"))
+        return dict(tokenizer(texts, padding="longest", truncation=True, max_length=64, return_tensors="pt"))
 
-    calib = encode(csqa_questions("train", 64 if quick else 128))
+    calib = encode(csqa_questions("train", 64 if quick else calibration))
     held = encode(csqa_questions("dev", 64 if quick else 256))
     return Problem("all-MiniLM-L6-v2", model, folder, "bert", batches(calib, 16), batches(held, 32))
 
@@ -366,6 +366,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer sentences and a smaller Llama")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--no-peer", action="store_true", help="skip llm-compressor")
+    parser.add_argument("--calibration", type=int, default=1024, help="CSQA training questions calibrating MiniLM")
     parser.add_argument("--models", default="minilm,llama", help="comma-separated: minilm, llama")
     opts = parser.parse_args(argv)
 
@@ -388,7 +389,7 @@ def main(argv=None) -> int:
         for name in opts.models.split(","):
             if name == "minilm":
                 try:
-                    problems.append(minilm_problem(opts.quick))
+                    problems.append(minilm_problem(opts.quick, opts.calibration))
                 except Exception as err:  # the alias error says which extra installs the model
                     log(f"MiniLM: skipped ({err})")
             elif name == "llama":
