@@ -10,6 +10,7 @@ weight, unstructured and, where `SparsityConfig` has a `pattern` option, 2:4. Pe
   inputs (CSQA dev questions for MiniLM, random tokens for Llama) that the dense model feeds each layer: each
   layer's input Gram matrix G = sum X^T X is collected once, so ||dW X||^2 = tr(dW G dW^T) needs no stored
   activations;
+- the same error with the inputs the pruned model itself feeds each layer (errors of earlier layers included);
 - cosine of held-out sentence embeddings to the dense model's (mean pooling over the attention mask, as
   sentence-transformers does for MiniLM).
 
@@ -171,7 +172,8 @@ def input_grams(model, held_out: list) -> dict:
 
 
 def layer_error(dense_weights: dict, pruned_weights: dict, grams: dict) -> float:
-    """Mean over layers of ||(W - W') X|| / ||W X||, from the input Gram matrices."""
+    """Mean over layers of ||(W - W') X|| / ||W X||, from the input Gram matrices (of the dense model's inputs,
+    or of the pruned model's own, which is what a sequential SparseGPT reconstructs)."""
     errors = []
     for name, gram in grams.items():
         w = dense_weights[name].double()
@@ -259,6 +261,8 @@ def score(problem, grams, dense_emb, label, model, seconds, peak, pattern) -> di
     pruned = {n: m.weight.detach() for n, m in selected_linears(model).items()}
     row = {
         "model": problem.name, "method": label, "seconds": seconds, "peak_mb": peak / 2**20,
+        "layer_error_own_inputs": layer_error(dense, pruned, input_grams(model, problem.held_out)),
+        "model_mb": sum(p.numel() * p.element_size() for p in problem.model.parameters()) / 2**20,
         "pruned": pruned_fraction(pruned, list(grams)), "off_target": off_target(pruned, list(grams)),
         "layer_error": layer_error(dense, pruned, grams),
         "cosine": mean_cosine(dense_emb, embeddings(model, problem.held_out)),
@@ -341,16 +345,17 @@ def run_peer(problem: Problem, grams: dict, dense_emb, python: str, work: str, q
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    columns = ["model", "method", "layer error", "cosine", "pruned", "zeros - target", "2:4 exact", "seconds", "x magnitude",
-               "peak MB", "x magnitude (mem)"]
+    columns = ["model", "method", "layer error", "layer error (own inputs)", "cosine", "pruned", "zeros - target", "2:4 exact", "seconds", "x magnitude",
+               "peak MB", "x magnitude (mem)", "model MB"]
     body = []
     for r in rows:
         base = next((b for b in rows if b["model"] == r["model"] and b["method"] == "magnitude"), None)
         body.append([
-            r["model"], r["method"], round(r["layer_error"], 4), round(r["cosine"], 4), round(r["pruned"], 4), r["off_target"],
+            r["model"], r["method"], round(r["layer_error"], 4), round(r["layer_error_own_inputs"], 4),
+            round(r["cosine"], 4), round(r["pruned"], 4), r["off_target"],
             {True: "yes", False: "NO"}.get(r.get("nm_exact"), "-"), round(r["seconds"], 3),
             round(r["seconds"] / base["seconds"], 2) if base else "-", round(r["peak_mb"], 1),
-            round(r["peak_mb"] / base["peak_mb"], 2) if base and base["peak_mb"] > 0 else "-",
+            round(r["peak_mb"] / base["peak_mb"], 2) if base and base["peak_mb"] > 0 else "-", round(r["model_mb"], 1),
         ])
     return columns, body
 
