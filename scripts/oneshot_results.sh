@@ -75,7 +75,7 @@ for method in $METHODS; do
         step "$RUNS/prune-$cell/config.json" -m smc_hf.cli.prune "$RUNS/dense" --method "$name" "${target[@]}" \
             "${extra[@]}" --output "$RUNS/prune-$cell" --progress false
         step "$RUNS/pruned-$cell/all_results.json" run_glue_like.py "${COMMON[@]}" \
-            --model_name_or_path "$RUNS/prune-$cell" --sparsity_method fixed --max_steps 1 --learning_rate 0 \
+            --model_name_or_path "$RUNS/prune-$cell" --sparsity_method fixed --max_steps 1 --learning_rate 0 --lr_scheduler_type constant \
             --warmup_steps 0 --output_dir "$RUNS/pruned-$cell"
         step "$RUNS/recover-$cell/all_results.json" run_glue_like.py "${COMMON[@]}" \
             --model_name_or_path "$RUNS/prune-$cell" --sparsity_method fixed --output_dir "$RUNS/recover-$cell"
