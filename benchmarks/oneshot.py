@@ -242,7 +242,7 @@ def run_smc(problem: Problem, grams: dict, dense_emb, variant) -> dict:
 
     label, method, distribution, pattern = variant
     kwargs = {"method": method, "sparsity": SPARSITY}
-    if distribution:
+    if distribution and not pattern:  # a pattern fixes every layer's sparsity; a distribution with it is an error
         kwargs["distribution"] = distribution
     if pattern:
         kwargs["pattern"] = pattern

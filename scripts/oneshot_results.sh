@@ -59,8 +59,8 @@ has_pattern() { $RUNNER "$PY" -c "import dataclasses, sys; from smc_hf import Sp
 
 for method in $METHODS; do
     case $method in
-        magnitude) name=omp; extra=(--distribution uniform) ;;
-        *) name=$method; extra=(--calibration-task csqa --calibration-file "$DATA/train_rand_split.jsonl"
+        magnitude) name=omp; dist=(--distribution uniform); extra=() ;;
+        *) name=$method; dist=(); extra=(--calibration-task csqa --calibration-file "$DATA/train_rand_split.jsonl"
                                 --calibration-samples "$CALIB" --max-length "$MAXLEN") ;;
     esac
     if ! has_method "$name"; then echo "== not run: method $name is not registered"; continue; fi
@@ -70,7 +70,7 @@ for method in $METHODS; do
             if ! has_pattern; then echo "== not run: $cell (SparsityConfig has no pattern option)"; continue; fi
             target=(--sparsity 0.5 --pattern "$sparsity")
         else
-            target=(--sparsity "$sparsity")
+            target=(--sparsity "$sparsity" "${dist[@]}")
         fi
         step "$RUNS/prune-$cell/config.json" -m smc_hf.cli.prune "$RUNS/dense" --method "$name" "${target[@]}" \
             "${extra[@]}" --output "$RUNS/prune-$cell" --progress false
