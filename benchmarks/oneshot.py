@@ -14,7 +14,7 @@ weight, unstructured and, where `SparsityConfig` has a `pattern` option, 2:4. Pe
 - cosine of held-out sentence embeddings to the dense model's (mean pooling over the attention mask, as
   sentence-transformers does for MiniLM).
 
-Calibration is 1024 CSQA training questions (MiniLM, `--calibration N`) or 32 random sequences (Llama). llm-compressor 0.14 pins
+Calibration is 512 CSQA training questions (MiniLM, `--calibration N`; llm-compressor's default count) or 32 random sequences (Llama). llm-compressor 0.14 pins
 transformers <= 5.17, so it is installed in its own venv under `$SMC_HF_CACHE` (default `~/.cache/smc_hf`) on
 the first run (`--no-peer` skips it); it prunes the same model folders with the same calibration tokens in
 `benchmarks/peers/llmcompressor_oneshot.py`, and its pruned weights are scored here with the same metrics. When
@@ -371,7 +371,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer sentences and a smaller Llama")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--no-peer", action="store_true", help="skip llm-compressor")
-    parser.add_argument("--calibration", type=int, default=1024, help="CSQA training questions calibrating MiniLM")
+    parser.add_argument("--calibration", type=int, default=512,
+                        help="CSQA training questions calibrating MiniLM (512: llm-compressor's default count)")
     parser.add_argument("--models", default="minilm,llama", help="comma-separated: minilm, llama")
     opts = parser.parse_args(argv)
 
