@@ -14,8 +14,8 @@ weight, unstructured and, where `SparsityConfig` has a `pattern` option, 2:4. Pe
 - cosine of held-out sentence embeddings to the dense model's (mean pooling over the attention mask, as
   sentence-transformers does for MiniLM).
 
-Calibration is 512 CSQA training questions (MiniLM, `--calibration N`; llm-compressor's default count) or 32 random sequences (Llama). llm-compressor 0.14 pins
-transformers <= 5.17, so it is installed in its own venv under `$SMC_HF_CACHE` (default `~/.cache/smc_hf`) on
+Calibration is 512 CSQA training questions (MiniLM, `--calibration N`; llm-compressor's default count) or 32
+random sequences (Llama). llm-compressor 0.14 pins transformers <= 5.17, so it is installed in its own venv under `$SMC_HF_CACHE` (default `~/.cache/smc_hf`) on
 the first run (`--no-peer` skips it); it prunes the same model folders with the same calibration tokens in
 `benchmarks/peers/llmcompressor_oneshot.py`, and its pruned weights are scored here with the same metrics. When
 the install or the run fails, the benchmark says so and reports smc_hf alone.
@@ -345,8 +345,8 @@ def run_peer(problem: Problem, grams: dict, dense_emb, python: str, work: str, q
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    columns = ["model", "method", "layer error", "layer error (own inputs)", "cosine", "pruned", "zeros - target", "2:4 exact", "seconds", "x magnitude",
-               "peak MB", "x magnitude (mem)", "model MB"]
+    columns = ["model", "method", "layer error", "layer error (own inputs)", "cosine", "pruned", "zeros - target",
+               "2:4 exact", "seconds", "x magnitude", "peak MB", "x magnitude (mem)", "model MB"]
     body = []
     for r in rows:
         base = next((b for b in rows if b["model"] == r["model"] and b["method"] == "magnitude"), None)

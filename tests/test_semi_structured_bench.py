@@ -11,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("semi_structured", os.path.join(ROOT, "benchmarks", "semi_structured.py"))
+    path = os.path.join(ROOT, "benchmarks", "semi_structured.py")
+    spec = importlib.util.spec_from_file_location("semi_structured", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -63,7 +63,8 @@ def run(spec_path):
             before = status_bytes("VmRSS")
             start = time.perf_counter()
             oneshot(model=model, dataset=data, recipe=recipe, num_calibration_samples=len(data),
-                    max_seq_length=calib["input_ids"].shape[1], sequential_targets=[block], shuffle_calibration_samples=False)
+                    max_seq_length=calib["input_ids"].shape[1], sequential_targets=[block],
+                    shuffle_calibration_samples=False)
             out["seconds"] = time.perf_counter() - start
             out["peak_bytes"] = max(0, status_bytes("VmHWM") - before)
             weights = {n + ".weight": m.weight.detach().contiguous() for n, m in model.named_modules()
