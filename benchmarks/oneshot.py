@@ -15,10 +15,11 @@ weight, unstructured and, where `SparsityConfig` has a `pattern` option, 2:4. Pe
   sentence-transformers does for MiniLM).
 
 Calibration is 512 CSQA training questions (MiniLM, `--calibration N`; llm-compressor's default count) or 32
-random sequences (Llama). llm-compressor 0.14 pins transformers <= 5.17, so it is installed in its own venv under `$SMC_HF_CACHE` (default `~/.cache/smc_hf`) on
-the first run (`--no-peer` skips it); it prunes the same model folders with the same calibration tokens in
-`benchmarks/peers/llmcompressor_oneshot.py`, and its pruned weights are scored here with the same metrics. When
-the install or the run fails, the benchmark says so and reports smc_hf alone.
+random sequences (Llama). llm-compressor 0.14 pins transformers <= 5.17, so it is installed in its own venv under
+`$SMC_HF_CACHE` (default `~/.cache/smc_hf`) on the first run (`--no-peer` skips it); it prunes the same model
+folders with the same calibration tokens in `benchmarks/peers/llmcompressor_oneshot.py`, and its pruned weights
+are scored here with the same metrics. When the install or the run fails, the benchmark says so and reports
+smc_hf alone.
 
     python benchmarks/oneshot.py            # MiniLM + Llama (hidden 512, 4 layers), with llm-compressor
     python benchmarks/oneshot.py --quick    # fewer sentences, a smaller Llama
