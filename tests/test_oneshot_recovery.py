@@ -1,6 +1,7 @@
 """Prune one-shot, then recover: `smc-prune` writes a sparse folder, `run_glue_like.py --sparsity_method fixed`
 fine-tunes it on CSQA (the repository's data), and the trained model keeps exactly the pruned positions zero."""
 
+import importlib.util
 import os
 
 import pytest
@@ -27,9 +28,24 @@ def _weights(folder):
             for k, v in load_file(os.path.join(folder, f)).items()}
 
 
+def _counterpart(name, names):
+    """The name `name` has in another model of the same backbone: itself, or under a head's prefix."""
+    (match,) = [n for n in names if n == name or n.endswith("." + name) or name.endswith("." + n)]
+    return match
+
+
+# Masks of a base checkpoint map onto a task head through base_model_prefix (smc_hf.core.mask_names).
+BASE_UNDER_HEAD = pytest.param("encoder", marks=pytest.mark.skipif(
+    importlib.util.find_spec("smc_hf.core.mask_names") is None, reason="masks do not map across base_model_prefix"))
+
+
+@pytest.mark.parametrize("head", ["multiple_choice", BASE_UNDER_HEAD])
 @pytest.mark.parametrize("method", ["omp", _method("sparsegpt"), _method("wanda")])
-def test_pruned_folder_recovers_with_fixed_and_keeps_every_pruned_weight_zero(tmp_path, method):
-    source = tiny_roberta_dir(str(tmp_path / "src"), ["Where would you find a revolving door? bank library mall"])
+def test_pruned_folder_recovers_with_fixed_and_keeps_every_pruned_weight_zero(tmp_path, method, head):
+    """`encoder`: a base checkpoint (parameter names without the head's `roberta.` prefix) trained under CSQA's
+    multiple-choice head, as a Hub backbone is."""
+    source = tiny_roberta_dir(str(tmp_path / "src"), ["Where would you find a revolving door? bank library mall"],
+                              head=head)
     pruned = str(tmp_path / "pruned")
     argv = [source, "--method", method, "--sparsity", "0.5", "--output", pruned, "--progress", "false"]
     if method != "omp":
@@ -51,9 +67,11 @@ def test_pruned_folder_recovers_with_fixed_and_keeps_every_pruned_weight_zero(tm
     assert result["sparsity_config"]["method"] == "fixed"
     after = _weights(str(out))
     trained_masks = read_masks(os.path.join(out, MASKS_FILE))
-    assert trained_masks.keys() == masks.keys()
+    assert len(trained_masks) == len(masks)
+    names = {name: _counterpart(name, list(trained_masks)) for name in masks}
     for name, mask in masks.items():
-        assert torch.equal(trained_masks[name], mask), name
-        assert int((after[name][~mask] != 0).sum()) == 0, name
-    assert sum(int((after[n] == 0).sum()) for n in masks) == pruned_count  # no kept weight trained to exactly 0
-    assert any(not torch.equal(after[n], before[n]) for n in masks)  # the kept weights did train
+        assert torch.equal(trained_masks[names[name]], mask), name
+        assert int((after[names[name]][~mask] != 0).sum()) == 0, name
+    # no kept weight trained to exactly 0, and the kept weights did train
+    assert sum(int((after[names[n]] == 0).sum()) for n in masks) == pruned_count
+    assert any(not torch.equal(after[names[n]], before[n]) for n in masks)
