@@ -84,5 +84,5 @@ done
 step "$RUNS/bench.json" benchmarks/oneshot.py --json "$RUNS/bench.json"
 mv "$COMMANDS.partial" "$COMMANDS"
 
-$RUNNER "$PY" scripts/oneshot_summary.py "$RUNS" "$OUT" --methods "$METHODS" --sparsities "$SPARSITIES" \
+$RUNNER "$PY" scripts/oneshot_summary.py "$RUNS" "$OUT" --methods "$METHODS" --sparsities "$SPARSITIES" --eval-questions "$EVAL" \
     --setting "CSQA, all-MiniLM-L6-v2 multiple choice: $TRAIN training questions, 1 epoch, $MAXLEN tokens, lr 1e-4, batch 16; $EVAL dev questions; calibration $CALIB training questions"

@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default="magnitude wanda sparsegpt")
     parser.add_argument("--sparsities", default="0.5 2:4")
     parser.add_argument("--setting", default="")
+    parser.add_argument("--eval-questions", type=int, default=0, help="evaluated questions (for the standard error)")
     opts = parser.parse_args(argv)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,7 +89,16 @@ def main(argv=None) -> int:
             lines += ["| " + " | ".join(t["columns"]) + " |", "|" + "---|" * len(t["columns"])]
             lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in t["rows"]]
         lines += [""] + [f"- {n}" for n in bench.get("notes", [])] + [""]
-    lines += ["## (b) accuracy after one-shot pruning and after recovery fine-tuning", "", opts.setting, "",
+    noise = ""
+    if dense is not None:
+        n = opts.eval_questions
+        p = float(dense["metric"]) / 100
+        if n:
+            noise = (f" On {n} questions one standard error of an accuracy near the dense one is "
+                     f"{100 * (p * (1 - p) / n) ** 0.5:.1f} points.")
+    lines += ["## (b) accuracy after one-shot pruning and after recovery fine-tuning", "",
+              opts.setting + ". Recovery trains the pruned model with its mask fixed for the same epoch as the dense "
+              "run, so it has seen the data twice." + noise, "",
               "| method | sparsity | achieved | dense | one-shot | recovered | recovery time (s) |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['sparsity']} | {fmt(r['achieved'])} | {fmt(r['dense'])} | {fmt(r['one_shot'])} | "
