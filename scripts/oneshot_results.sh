@@ -11,7 +11,7 @@
 # with its mask fixed (`--sparsity_method fixed`, the same recipe as the dense run) and evaluated again, on the
 # first EVAL dev questions. Resumable: a step whose all_results.json (or pruned config.json) exists is skipped, so
 # the same command continues a killed run. A method or pattern this smc_hf does not register is reported as not
-# run. Also runs benchmarks/oneshot.py once (the MiniLM layer-error / cosine table). Writes results/oneshot/
+# run. Also runs benchmarks/oneshot.py once with the same CALIB (the MiniLM layer-error / cosine table). Writes results/oneshot/
 # {summary.md,summary.csv,commands.txt,versions.json}.
 set -euo pipefail
 
@@ -81,7 +81,7 @@ for method in $METHODS; do
             --model_name_or_path "$RUNS/prune-$cell" --sparsity_method fixed --output_dir "$RUNS/recover-$cell"
     done
 done
-step "$RUNS/bench.json" benchmarks/oneshot.py --json "$RUNS/bench.json"
+step "$RUNS/bench.json" benchmarks/oneshot.py --calibration "$CALIB" --json "$RUNS/bench.json"
 mv "$COMMANDS.partial" "$COMMANDS"
 
 $RUNNER "$PY" scripts/oneshot_summary.py "$RUNS" "$OUT" --methods "$METHODS" --sparsities "$SPARSITIES" --eval-questions "$EVAL" \
