@@ -11,8 +11,8 @@
 # with its mask fixed (`--sparsity_method fixed`, the same recipe as the dense run) and evaluated again, on the
 # first EVAL dev questions. Resumable: a step whose all_results.json (or pruned config.json) exists is skipped, so
 # the same command continues a killed run. A method or pattern this smc_hf does not register is reported as not
-# run. Also runs benchmarks/oneshot.py once with the same CALIB (the MiniLM layer-error / cosine table). Writes results/oneshot/
-# {summary.md,summary.csv,commands.txt,versions.json}.
+# run. Also runs benchmarks/oneshot.py once with the same CALIB (the MiniLM layer-error / cosine table). Writes
+# results/oneshot/{summary.md,summary.csv,commands.txt,versions.json}.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
