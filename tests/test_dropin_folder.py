@@ -164,6 +164,8 @@ def test_the_card_names_a_local_source_by_its_folder_name(tmp_path, streaming, m
     assert "# my-encoder pruned to 50.00% sparsity" in card
     assert "smc-prune my-encoder --method omp --sparsity 0.5 --output pruned" in card
     assert "base_model" not in card.split("---")[1]  # a local folder is no Hub id for the metadata
+    block = json.load(open(os.path.join(out, "config.json")))["sparsity"]
+    assert block["source"] == "my-encoder" and str(tmp_path) not in json.dumps(block)
 
 
 def test_public_command_and_source_name(tmp_path, monkeypatch):

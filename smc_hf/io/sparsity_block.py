@@ -114,7 +114,7 @@ def sparsity_block(
     block = {
         "method": method,
         "distribution": distribution,
-"target": report.target,
+        "target": report.target,
         "achieved": report.achieved,
         "selected_numel": report.numel,
         "masks_file": masks_file,

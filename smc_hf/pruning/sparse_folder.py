@@ -17,7 +17,7 @@ from ..core.report import sparsity_report
 from ..io.compressed import compress_folder, mark_compressed
 from ..io.folders import copy_auxiliary_files, staged_folder
 from ..io.mask_file import MASKS_FILE, save_masks
-from ..io.model_card import write_model_card
+from ..io.model_card import source_name, write_model_card
 from ..io.sparsity_block import SparsityReport, sparsity_block, write_config_block
 from ..methods import build_method
 
@@ -84,7 +84,7 @@ def save_sparse_pretrained(
     the masks, the config block and a model card, appearing atomically at `output_dir`."""
     with staged_folder(output_dir, overwrite=overwrite, sources=(auxiliary_from,)) as stage:
         model.save_pretrained(stage, max_shard_size=max_shard_size)
-        write_sparse_artifacts(model, stage, masks, config, packed_masks=packed_masks, source=base_model)
+        write_sparse_artifacts(model, stage, masks, config, packed_masks=packed_masks, source=source_name(base_model))
         if auxiliary_from and os.path.isdir(auxiliary_from):
             copy_auxiliary_files(auxiliary_from, stage)
         finish_sparse_folder(stage, compress=compress, base_model=base_model, command=command)

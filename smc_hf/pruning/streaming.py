@@ -53,7 +53,7 @@ from ..io.atomic import write_json
 from ..io.compressed import compress_folder, mark_compressed, remove_dense_files
 from ..io.folders import PARTIAL_MARKER, copy_auxiliary_files, staged_folder
 from ..io.mask_file import MASKS_FILE, bool_masks_metadata, packed_masks_plan, unpack_bits
-from ..io.model_card import write_model_card
+from ..io.model_card import source_name, write_model_card
 from ..io.safetensors_io import (
     DTYPES, INDEX_FILE, SafetensorsWriter, TensorInfo, checkpoint_files, data_layout, read_header,
 )
@@ -560,7 +560,7 @@ def _assemble(stage: str, source: str, targets: list[Target], state: StreamingSt
     copy_auxiliary_files(source, stage)
     report = _report(targets, state, config)
     block = config_block(report, config, MASKS_FILE, masks_format="packed_bits" if packed_masks else "bool",
-                          source=base_model or source, streaming=True)
+                          source=source_name(base_model or source), streaming=True)
     write_config_block(stage, block)
     return report
 
