@@ -21,8 +21,6 @@ oBERT holds 4 * N * B bytes of Fisher blocks (N selected weights, B the block si
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import statistics
@@ -33,6 +31,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from rss import release_memory  # noqa: E402
 import torch  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
@@ -51,19 +50,12 @@ def _rss() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-def _release() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
 
 class Measured:
     """Wall time and peak RSS above the resting process of the code inside the `with` block."""
 
     def __enter__(self):
-        _release()
+        release_memory()
         self.base = self.peak = _rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -28,8 +28,6 @@ the sizes measured (1.0 = linear). Sizes that would not fit in the available RAM
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import math
 import os
@@ -40,7 +38,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rss import reset_peak, status_bytes  # noqa: E402
+from rss import release_memory, reset_peak, status_bytes  # noqa: E402
 
 #: name -> (hidden size, layers); 12 h^2 weights per layer.
 SIZES = {
@@ -60,18 +58,10 @@ def weights_of(size: str) -> int:
 
 
 # -- worker (one size, one process) ---------------------------------------------------------------------
-def _release() -> None:
-    """Return freed memory to the OS, so that the next call's peak is not hidden in the allocator's free lists."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
 
 def _measure(fn):
     """(seconds, peak RSS rise in bytes) of fn()."""
-    _release()
+    release_memory()
     resettable = reset_peak()
     before = status_bytes("VmRSS")
     start = time.perf_counter()
