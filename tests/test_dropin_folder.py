@@ -13,6 +13,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 from smc_hf import MASKS_FILE, SparsityConfig, prune_checkpoint
 from smc_hf.cli.prune import main
+from smc_hf.io.folders import copy_auxiliary_files
 from smc_hf.io.model_card import public_command, render_model_card, source_name
 
 HIDDEN, DENSE_OUT = 16, 8
@@ -211,3 +212,20 @@ def test_the_real_minilm_prunes_into_a_sentence_transformer(tmp_path):
     assert not torch.allclose(a, b)
     card = open(os.path.join(out, "README.md")).read()
     assert "# model pruned to" in card and os.path.dirname(source) not in card
+
+
+def test_auxiliary_copy_follows_a_folder_link_once_and_never_copies_the_output_into_itself(tmp_path):
+    source, outside = tmp_path / "src", tmp_path / "assets"
+    (source / "1_Pooling").mkdir(parents=True)
+    (source / "1_Pooling" / "config.json").write_text("{}")
+    (source / "1_Pooling" / "up").symlink_to(source, target_is_directory=True)  # a link to an enclosing folder
+    outside.mkdir()
+    (outside / "prompt.txt").write_text("hello")
+    (source / "assets").symlink_to(outside, target_is_directory=True)
+    (source / "model.safetensors").write_bytes(b"weights")
+    target = source / "pruned"  # the output inside the source folder
+    target.mkdir()
+    copied = copy_auxiliary_files(str(source), str(target))
+    assert sorted(copied) == ["1_Pooling/config.json", "assets/prompt.txt"]
+    assert not (target / "pruned").exists() and not (target / "1_Pooling" / "up").exists()
+    assert (target / "assets" / "prompt.txt").read_text() == "hello"

@@ -130,8 +130,11 @@ def copy_auxiliary_files(source: str, target: str) -> list[str]:
     `modules.json` and module folders (`1_Pooling/`, ...), so a library that loaded the source loads the
     copy. Hidden entries (`.git`, `.cache`, `.gitattributes`) are version-control or download state and stay
     behind. Each file appears atomically, so a run resumed after an interruption never keeps half a file.
+    A folder reached twice through symbolic links (a link to an enclosing folder) is copied once, and the
+    target itself is never copied into itself when it lies inside `source`.
     Returns the copied paths, relative to `source`."""
     copied: list[str] = []
+    seen = {os.path.realpath(source), os.path.realpath(target)}
 
     def walk(relative: str) -> None:
         for name in sorted(os.listdir(os.path.join(source, relative))):
@@ -140,6 +143,10 @@ def copy_auxiliary_files(source: str, target: str) -> list[str]:
             if name.startswith(".") or is_source_weight(rel):
                 continue
             if os.path.isdir(src):
+                real = os.path.realpath(src)
+                if real in seen:
+                    continue
+                seen.add(real)
                 os.makedirs(dst, exist_ok=True)
                 walk(rel)
             elif os.path.isfile(src) and not os.path.exists(dst):
