@@ -22,6 +22,25 @@ TRAINING = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--per_dev
             "--report_to", "none"]
 
 
+def wait_until_group_exits(pgid: int, timeout: float = 60.0) -> None:
+    """Wait until no process of group `pgid` is still running (zombies have released their files and locks)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                running.append(entry)
+        if not running:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"processes {running} of the killed sweep's group {pgid} are still running after {timeout} s")
+
+
 def test_sweep_killed_resumed_and_reported_through_run_glue_like(tmp_path):
     rows = csqa_rows(6)
     train = write_jsonl(str(tmp_path / "train.jsonl"), rows)
@@ -41,6 +60,7 @@ def test_sweep_killed_resumed_and_reported_through_run_glue_like(tmp_path):
         time.sleep(0.1)
     os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and the run it started
     sweep.wait()
+    wait_until_group_exits(sweep.pid)  # the run holds the cell's lock until its (slower) exit is complete
     sweep.stderr.close()
     finished = {str(p): p.read_text() for p in out.rglob("result.json")}
     assert 2 <= len(finished) < 5
