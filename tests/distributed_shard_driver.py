@@ -27,7 +27,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments  # noqa
 
 from smc_hf import MaskSet, SparsityCallback, SparsityConfig  # noqa: E402
 from smc_hf.integrations import distributed  # noqa: E402
-from tests.helpers import ToyClassification, tiny_roberta  # noqa: E402
+from tests.helpers import ShiftingSGD, ToyClassification, tiny_roberta  # noqa: E402
 
 STEPS = 6
 
@@ -35,19 +35,6 @@ STEPS = 6
 def batch():
     data = ToyClassification(n=8)
     return {k: torch.stack([data[i][k] for i in range(8)]) for k in ("input_ids", "attention_mask", "labels")}
-
-
-class ShiftingSGD(torch.optim.SGD):
-    """SGD with momentum that also moves every entry a little: like any optimizer outside torch's elementwise
-    ones, a zero gradient on a zero weight does not keep it zero, so masks must be re-applied after each step."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = super().step(closure)
-        for group in self.param_groups:
-            for param in group["params"]:
-                param.add_(1e-3)
-        return loss
 
 
 def adamw(params):
@@ -82,19 +69,25 @@ def local_part(tensor):
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
-def sharded(mode, out_dir):
+def shard(model, mode):
+    """`model` sharded by FSDP2 (`fully_shard` per layer, then whole) or wrapped by FSDP1 (use_orig_params)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 
-    reference = tiny_roberta()
-    model = copy.deepcopy(reference)
     if mode == "fsdp2":
         mesh = init_device_mesh("cpu", (PartialState().num_processes,))
         for layer in model.roberta.encoder.layer:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
-    else:
-        model = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
+        return model
+    return FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
+
+
+def sharded(mode, out_dir):
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    reference = tiny_roberta()
+    model = shard(copy.deepcopy(reference), mode)
     callback, optimizer = train(model, out_dir)
     masks, placement = callback.masks, callback.masks.placement
     local_masks = placement.local_masks(masks)
@@ -180,8 +173,6 @@ def nonzero_at_pruned(callback, optimizer):
 
 def upkeep(out_dir):
     """A fixed mask for STEPS steps on each backend and optimizer: masking passes counted, zeros checked."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
     record = {}
@@ -190,13 +181,8 @@ def upkeep(out_dir):
             model, wrapped = tiny_roberta(), None
             if backend == "ddp":
                 wrapped = DistributedDataParallel(model)
-            elif backend == "fsdp2":
-                mesh = init_device_mesh("cpu", (PartialState().num_processes,))
-                for layer in model.roberta.encoder.layer:
-                    fully_shard(layer, mesh=mesh)
-                fully_shard(model, mesh=mesh)
             else:
-                model = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
+                model = shard(model, backend)
             with CallCounter() as counter:
                 callback, opt = train(model, out_dir, method="omp_before", optimizer=optimizer, wrapped=wrapped)
             weights, buffers = nonzero_at_pruned(callback, opt)

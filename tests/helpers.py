@@ -65,3 +65,16 @@ class RateRecorder(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         self.rates.append(optimizer.param_groups[0]["lr"])
+
+
+class ShiftingSGD(torch.optim.SGD):
+    """SGD with momentum that also moves every entry a little: like any optimizer outside torch's elementwise
+    ones, a zero gradient on a zero weight does not keep it zero, so masks must be re-applied after each step."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.add_(1e-3)
+        return loss

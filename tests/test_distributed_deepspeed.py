@@ -20,6 +20,7 @@ from transformers import TrainerControl, TrainerState
 
 from smc_hf import MaskSet, SparsityCallback, SparsityConfig
 from smc_hf.integrations.distributed import DeepSpeedPlacement, placement_for
+from tests.helpers import ShiftingSGD
 from tests.helpers import ToyClassification, tiny_roberta, training_args
 
 WORLD = 2
@@ -198,18 +199,6 @@ def test_methods_that_need_dense_gradients_are_refused_under_deepspeed(tmp_path)
     callback = SparsityCallback(SparsityConfig(method="rigl", sparsity=0.5))
     with pytest.raises(ValueError, match="reads dense gradients before the optimizer step"):
         callback.on_train_begin(training_args(tmp_path), TrainerState(max_steps=10), TrainerControl(), model=model)
-
-
-class ShiftingSGD(torch.optim.SGD):
-    """An optimizer outside torch's elementwise ones: it moves every entry, zeros included."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = super().step(closure)
-        for group in self.param_groups:
-            for param in group["params"]:
-                param.add_(1e-3)
-        return loss
 
 
 @pytest.mark.parametrize("inner, remasked_every_step", [
