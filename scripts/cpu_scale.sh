@@ -6,6 +6,7 @@
 #   scripts/cpu_scale.sh --dry-run       # the fine-tunings left and their estimated time (measured step costs)
 #   scripts/cpu_scale.sh report          # tables and figures from the run folders into results/cpu-scale/
 #   TASKS="mawps" scripts/cpu_scale.sh   # a subset, in this order
+#   JOBS=2 scripts/cpu_scale.sh          # two runs at once, one core each (nothing else may use the cores)
 #
 # Run folders: $CPU_SCALE_RUNS (default runs/cpu-scale, ignored by git); each cell's result.json stays there, its
 # checkpoints are deleted once it and every run that starts from it are done (--delete-run-dirs).
@@ -16,6 +17,7 @@ PY=${PYTHON:-.venv/bin/python}
 RUNS=${CPU_SCALE_RUNS:-runs/cpu-scale}
 OUT=results/cpu-scale
 TASKS=${TASKS:-"mawps thermoprot csqa"}
+JOBS=${JOBS:-1}
 METHODS=omp_after,random_after,lth,obert,gmp,omp_before,random_before,snip,rigl:snip
 SPARSITIES=0.2,0.488,0.672,0.866
 COMMON=(--report_to none --disable_tqdm True --logging_steps 50 --save_total_limit 2)
@@ -53,7 +55,7 @@ for task in $TASKS; do
   [[ ${1:-} == --dry-run ]] && extra=(--dry-run --step-seconds "$step_s" --steps-per-run "$steps")
   # shellcheck disable=SC2046
   "$PY" -m smc_hf.cli.bench run --tasks "$task" --methods "$METHODS" --sparsities "$SPARSITIES" --seeds 1 \
-    --model "$(task_model "$task")" $(task_bench "$task") --output "$RUNS" --delete-run-dirs "${extra[@]}" \
+    --model "$(task_model "$task")" $(task_bench "$task") --output "$RUNS" --delete-run-dirs --jobs "$JOBS" "${extra[@]}" \
     --task-args "$task=$(task_args "$task")" -- "${COMMON[@]}" || status=$?
   [[ ${status:-0} -ne 0 ]] && echo "cpu_scale: $task ended with status $status (failed cells are retried on the next run)" >&2
   status=0
