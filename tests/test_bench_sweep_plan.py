@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,8 +178,19 @@ def test_dry_run_lists_the_fine_tunings_and_estimates_their_time(fake, tmp_path,
     assert "toy omp_after s=0.2 seed=1: 1 fine-tuning from the shared dense run" in lines[1]
     assert "7 fine-tunings in 5 runs (0 runs already done)" in lines
     assert lines[-1].startswith("estimated time: 7 s (0.5 s/step (--step-seconds)")  # 7 x 2 steps x 0.5 s
+    assert lines[0].endswith("round 1: 0.2, round 2: 0.36")  # the last round by its number
     plan = build_plan(build_grid(["toy"], parse_methods("lth,omp_after,gmp"), [0.2, 0.36], [1]))
     assert [u.kind for u in plan] == ["chain", "cell", "cell", "cell", "cell"] and sum(u.fine_tunings for u in plan) == 7
+
+    # a killed chain that saved its dense round: that fine-tuning is not counted (nor timed) again
+    saved = out / "toy/lth/sparsity-0.36/seed-1/run/round-0"
+    saved.mkdir(parents=True)
+    (saved / "sparsity_round.json").write_text("{}")
+    assert cli.main(argv(entry, out, "lth,omp_after,gmp", "0.2,0.36", "--dry-run", "--step-seconds", "0.5")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "3 fine-tunings (1 already saved)" in lines[0]
+    assert "6 fine-tunings in 5 runs (0 runs already done)" in lines and lines[-1].startswith("estimated time: 6 s")
+    shutil.rmtree(out / "toy")
 
     assert cli.main(argv(entry, out, "gmp", "0.5", "--dry-run", "--probe-steps", "1")) == 0
     text = capsys.readouterr().out

@@ -68,15 +68,28 @@ class Unit:
         marker = ROUND_DONE_FILE if self.rounds > 1 else RUN_RESULTS_FILE
         return os.path.isfile(os.path.join(folder, marker))
 
-    def describe(self) -> str:
+    def rounds_saved(self, results_dir: Optional[str]) -> int:
+        """Rounds of a multi-round run already saved (a resumed chain starts after them); 0 without a folder."""
+        if results_dir is None or self.rounds < 2:
+            return 0
+        return sum(os.path.isfile(os.path.join(self.round_dir(results_dir, k), ROUND_DONE_FILE))
+                   for k in range(self.rounds - 1))
+
+    def remaining_fine_tunings(self, results_dir: Optional[str] = None) -> int:
+        return self.fine_tunings - self.rounds_saved(results_dir)
+
+    def describe(self, results_dir: Optional[str] = None) -> str:
         c = self.cell
         where = f"{c.task} seed={c.seed}" + (f" fold={c.fold}" if c.fold is not None else "")
         n = f"{self.fine_tunings} fine-tuning{'s' if self.fine_tunings != 1 else ''}"
+        saved = self.rounds_saved(results_dir)
+        if saved:
+            n += f" ({saved} already saved)"
         if self.kind == DENSE:
             return f"shared dense  {where}: {n}"
         if self.kind == "chain":
-            tickets = ", ".join(f"round {r}: {format_sparsity(cell.sparsity)}" for cell, r in self.records
-                                if cell.method.method != DENSE)
+            tickets = ", ".join(f"round {self.rounds - 1 if r is None else r}: {format_sparsity(cell.sparsity)}"
+                                for cell, r in self.records if cell.method.method != DENSE)
             dense = " (round 0 is the shared dense run)" if self.source is None else ""
             return f"chain         {where} {c.method.spec} to {format_sparsity(c.sparsity)}: {n}{dense}; {tickets}"
         start = " from the shared dense run" if self.source is not None else ""
@@ -173,10 +186,11 @@ def format_duration(seconds: float) -> str:
 
 
 def dry_run_lines(pending: list[Unit], done: int, steps_per_run: dict[str, Optional[int]],
-                  cost: Optional[StepCost]) -> list[str]:
-    """What `smc-bench run --dry-run` prints: each pending run, the total of fine-tunings, and the estimate."""
-    lines = [u.describe() for u in pending]
-    total = fine_tunings(pending)
+                  cost: Optional[StepCost], results_dir: Optional[str] = None) -> list[str]:
+    """What `smc-bench run --dry-run` prints: each pending run, the total of fine-tunings left (rounds a killed
+    chain already saved are not counted again), and the estimate."""
+    lines = [u.describe(results_dir) for u in pending]
+    total = sum(u.remaining_fine_tunings(results_dir) for u in pending)
     lines.append(f"{total} fine-tunings in {len(pending)} runs ({done} runs already done)")
     if cost is None:
         lines.append("estimated time: unknown (give --step-seconds S, or --probe-steps N to time a short run)")
@@ -185,7 +199,7 @@ def dry_run_lines(pending: list[Unit], done: int, steps_per_run: dict[str, Optio
     for unit in pending:
         steps = steps_per_run.get(unit.cell.task)
         if steps:
-            seconds += unit.fine_tunings * (cost.startup_s + steps * cost.step_s)
+            seconds += unit.remaining_fine_tunings(results_dir) * (cost.startup_s + steps * cost.step_s)
     basis = f"{cost.step_s:.3g} s/step ({cost.source}), {cost.startup_s:.3g} s start-up per fine-tuning"
     if unknown:
         lines.append(f"estimated time: {basis}; steps per fine-tuning unknown for {', '.join(unknown)} "

@@ -180,7 +180,7 @@ def _plan_only(opts: argparse.Namespace, cells, launcher) -> int:
     steps = {}
     for task in dict.fromkeys(c.task for c in cells):
         steps[task] = opts.steps_per_run or steps_from_args(launcher.task_args.get(task, []) + launcher.extra_args)
-    for line in dry_run_lines(todo, len(plan) - len(todo), steps, cost):
+    for line in dry_run_lines(todo, len(plan) - len(todo), steps, cost, opts.output):
         print(line)
     return 0
 
