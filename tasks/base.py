@@ -286,9 +286,13 @@ class TaskDefinition(ABC):
         """Parameter-name prefixes trained at the head learning rate (newly initialised parts)."""
         return ()
 
+    def default_head_learning_rate_for(self, model) -> Optional[float]:
+        """The head rate when `--head_learning_rate` is not given (a task may set one per model kind)."""
+        return self.default_head_learning_rate
+
     def trainer_kwargs(self, model, model_args: ModelArguments, training_args) -> dict[str, Any]:
         """Extra trainer kwargs; by default a two-rate optimizer when the task has a head learning rate."""
-        head_lr = model_args.head_learning_rate or self.default_head_learning_rate
+        head_lr = model_args.head_learning_rate or self.default_head_learning_rate_for(model)
         prefixes = self.head_parameter_prefixes(model)
         if head_lr is None or not prefixes:
             return {}

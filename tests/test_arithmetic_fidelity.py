@@ -59,6 +59,16 @@ def test_gts_adam_decays_every_parameter_in_the_gradient_at_two_rates(mawps, tmp
     assert "encoder.embeddings.LayerNorm.bias" in names
 
 
+@pytest.mark.parametrize("given, expected", [(None, 1e-4), (1e-3, 1e-3)])
+def test_the_sequence_decoder_trains_at_1e_4_unless_a_head_rate_is_given(mawps, tmp_path, given, expected):
+    task, raw, encoder = mawps
+    model = task.load_model(ModelArguments(model_name_or_path=encoder, decoder="seq"), None, raw)
+    factory, kwargs = task.trainer_kwargs(model, ModelArguments(decoder="seq", head_learning_rate=given),
+                                          _args(tmp_path))["optimizer_cls_and_kwargs"]
+    rates = {group["lr"] for group in factory()(model, **kwargs).param_groups}
+    assert rates == {8e-6, expected}
+
+
 def test_step_lr_halves_the_rates_every_20_epochs(mawps, tmp_path):
     task, raw, encoder = mawps
     model = task.load_model(ModelArguments(model_name_or_path=encoder), None, raw)
