@@ -31,6 +31,7 @@ class FoldRun:
     planned_epochs: float
     global_step: int
     wall_s: float
+    wall_to_state_s: float  # the wall time its global_step took (a run in progress is past its checkpoint)
     curve: list[dict] = field(default_factory=list)  # one row per evaluation
 
     @property
@@ -50,7 +51,8 @@ def _state_file(run_dir: str) -> Optional[str]:
     return max(steps)[1] if steps else None
 
 
-def _wall_seconds(run_dir: str) -> float:
+def _wall_seconds(run_dir: str, state_file: str) -> tuple[float, float]:
+    """Seconds over all attempts, and seconds up to the saved state (what its global step took)."""
     total = 0.0
     attempts = os.path.join(run_dir, "attempts.tsv")
     if os.path.isfile(attempts):
@@ -59,11 +61,14 @@ def _wall_seconds(run_dir: str) -> float:
                 if line.strip():
                     start, end = map(float, line.split())
                     total += end - start
+    to_state = total
     start_file, beat_file = os.path.join(run_dir, "attempt_start"), os.path.join(run_dir, "heartbeat")
     if os.path.isfile(beat_file) and os.path.isfile(start_file):  # the attempt in progress (or last killed)
         with open(start_file, encoding="utf-8") as s, open(beat_file, encoding="utf-8") as b:
-            total += float(b.read()) - float(s.read())
-    return total
+            start, beat = float(s.read()), float(b.read())
+        total += beat - start
+        to_state += max(0.0, min(os.path.getmtime(state_file), beat) - start)
+    return total, to_state
 
 
 def read_run(run_dir: str, task: str, fold: int) -> Optional[FoldRun]:
@@ -85,7 +90,7 @@ def read_run(run_dir: str, task: str, fold: int) -> Optional[FoldRun]:
                           "train_loss": sum(losses) / len(losses) if losses else None})
             losses = []
     return FoldRun(task, fold, os.path.isfile(os.path.join(run_dir, "all_results.json")),
-                   state.get("num_train_epochs"), state["global_step"], _wall_seconds(run_dir), curve)
+                   state.get("num_train_epochs"), state["global_step"], *_wall_seconds(run_dir, state_file), curve)
 
 
 def collect(runs_dir: str) -> list[FoldRun]:
@@ -117,7 +122,7 @@ def write_summary(runs: list[FoldRun], out_dir: str) -> str:
                   "|---:|---:|---:|---:|---:|---:|---|"]
         for r in mine:
             best, last = r.best, r.last
-            rate = f"{r.global_step / r.wall_s:.2f}" if r.wall_s > 0 else ""
+            rate = f"{r.global_step / r.wall_to_state_s:.2f}" if r.wall_to_state_s > 0 else ""
             lines.append(
                 f"| {r.fold} | {last['epoch'] if last else 0:g} / {r.planned_epochs:g} | "
                 f"{best['answer_accuracy']:.2f} ({best['epoch']:g}) | {last['answer_accuracy']:.2f} | "
