@@ -11,13 +11,13 @@
 #
 # Run folders: $CPU_SCALE_RUNS (default runs/cpu-scale, ignored by git); each cell's result.json stays there, its
 # checkpoints are deleted once it and every run that starts from it are done (--delete-run-dirs).
-# Why these sizes: see results/cpu-scale/README.md (estimated ~17 CPU-hours on one core for the three tasks).
+# Why these sizes: see results/cpu-scale/README.md (estimated ~22 CPU-hours on one core, three ThermoProt seeds included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 RUNS=${CPU_SCALE_RUNS:-runs/cpu-scale}
 OUT=results/cpu-scale
-TASKS=${TASKS:-"mawps thermoprot csqa"}
+TASKS=${TASKS:-"thermoprot mawps csqa"}
 JOBS=${JOBS:-1}
 METHODS=omp_after,random_after,lth,obert,gmp,omp_before,random_before,snip,rigl:snip
 SPARSITIES=0.2,0.488,0.672,0.866
