@@ -16,6 +16,13 @@ import sys
 from smc_hf.bench import scan_results
 
 
+def _portable(command: list[str]) -> list[str]:
+    """`python run_glue_like.py ...` rather than this machine's interpreter and checkout paths."""
+    if len(command) > 1 and os.path.basename(command[1]) == "run_glue_like.py":
+        return ["python", "run_glue_like.py", *command[2:]]
+    return command
+
+
 def main(runs_dir: str, out_csv: str) -> int:
     results, problems = scan_results(runs_dir)
     for problem in problems:
@@ -30,7 +37,7 @@ def main(runs_dir: str, out_csv: str) -> int:
                      "wall_time_s": round(data.get("wall_time_s") or 0.0, 1),
                      "train_runtime_s": round(data.get("train_runtime") or 0.0, 1),
                      "attempts": data.get("attempts", 1), "shared_run": json.dumps(data.get("shared_run", ""))})
-        commands.append(shlex.join(data["command"]))
+        commands.append(shlex.join(_portable(data["command"])))
         versions = data.get("versions", versions)
     os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
     with open(out_csv, "w", newline="", encoding="utf-8") as f:
