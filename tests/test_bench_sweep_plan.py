@@ -59,7 +59,7 @@ def test_a_two_sparsity_lth_sweep_runs_three_fine_tunings_in_one_chain(fake, rou
     assert cli.main(argv(entry, out, "lth", "0.2,0.36")) == 0 and len(calls()) == 1
 
 
-def test_a_killed_chain_resumes_in_its_round_and_ends_as_an_uninterrupted_one(fake, rounds, tmp_path):
+def test_a_killed_chain_resumes_in_its_round_and_ends_as_an_uninterrupted_one(fake, rounds, tmp_path, capsys):
     entry, calls = fake
     clean = tmp_path / "clean"
     assert cli.main(argv(entry, clean, "lth", "0.2,0.36,0.488")) == 0
@@ -72,7 +72,9 @@ def test_a_killed_chain_resumes_in_its_round_and_ends_as_an_uninterrupted_one(fa
                             env=env, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert [r[5] for r in rounds()[n_rounds:]] == [0, 1]  # killed at the start of round 2
+    capsys.readouterr()
     assert cli.main(argv(entry, out, "lth", "0.2,0.36,0.488")) == 0
+    assert "(2 fine-tunings in 1 runs)" in capsys.readouterr().err  # the saved rounds 0-1 are not counted
     assert [r[5] for r in rounds()[n_rounds + 2:]] == [2, 3]  # resumed in round 2, rounds 0-1 not redone
     assert calls()[-1][4] == ["--max_steps", "2", "--resume_from_checkpoint", "True"]
     strip = ("wall_time_s", "command", "finished", "argv", "versions")

@@ -148,10 +148,6 @@ def build_plan(cells: Iterable[Cell]) -> list[Unit]:
     return plan
 
 
-def fine_tunings(units: Iterable[Unit]) -> int:
-    return sum(u.fine_tunings for u in units)
-
-
 # -- the estimate ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepCost:

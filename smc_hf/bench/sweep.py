@@ -27,7 +27,7 @@ from ..io.atomic import write_json
 from .grid import Cell
 from .launch import Launcher, child_preexec, children_end_with_us, stop_children
 from .lock import LockHeld, acquire_lock, release_lock
-from .plan import ROUND_DONE_FILE, RUN_DIR, Unit, build_plan, fine_tunings
+from .plan import ROUND_DONE_FILE, RUN_DIR, Unit, build_plan
 from .results import (
     RESULT_FILE,
     RUN_RESULTS_FILE,
@@ -177,6 +177,7 @@ class _Sweep:
         self.failed_units: set[int] = set()
         self.wanted: set[Cell] = set(cells)
         self.todo: list[Unit] = []
+        self.left: dict[int, int] = {}  # fine-tunings each pending run has left, by id(unit)
         self.running: list[_Running] = []
         self.attempts: dict[int, list] = {}  # id(unit) -> its attempts (see results.begin_attempt)
 
@@ -315,7 +316,7 @@ class _Sweep:
                 free.sort()
                 error = self.finish(item, code)
                 self.finished.add(id(item.unit))
-                bar.update(item.unit.fine_tunings)
+                bar.update(self.left[id(item.unit)])
                 if error is not None:
                     self.failed_units.add(id(item.unit))
                     self.fail(item.unit, error)
@@ -360,7 +361,8 @@ def run_sweep(cells: list[Cell], results_dir: str, launcher: Launcher, delete_ru
     sweep.done = {s.cell.key for s in statuses if s.done}
     plan = build_plan(cells)
     todo = sweep.todo = pending_units(plan, sweep.done, results_dir)
-    runs = fine_tunings(todo)
+    sweep.left = {id(u): u.remaining_fine_tunings(results_dir) for u in todo}  # a resumed chain's saved rounds
+    runs = sum(sweep.left.values())
     pending = len(cells) - len(summary.skipped)
     log(f"{len(cells)} cells: {len(summary.skipped)} done, {pending} to run ({runs} fine-tunings in {len(todo)} runs)")
     for status in statuses:
