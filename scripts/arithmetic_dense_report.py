@@ -18,9 +18,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
+from smc_hf.bench.names import dataset_title
+from tasks.metrics import pool_folds
+
 #: The published from-scratch dense numbers this run has to reach (issue 12: GTS, SVAMP paper, 5-fold).
 BARS = {"mawps": 80.0, "asdiv-a": 70.0}
-NAMES = {"mawps": "MAWPS", "asdiv-a": "ASDiv-A"}
 
 
 @dataclass
@@ -107,7 +109,7 @@ def _pooled(runs: list[FoldRun], pick) -> Optional[float]:
     rows = [pick(r) for r in runs]
     if any(row is None or row["examples"] is None for row in rows):
         return None
-    return 100.0 * sum(row["answer_correct"] for row in rows) / sum(row["examples"] for row in rows)
+    return pool_folds((row["answer_correct"], row["examples"]) for row in rows)
 
 
 def write_summary(runs: list[FoldRun], out_dir: str) -> str:
@@ -117,7 +119,7 @@ def write_summary(runs: list[FoldRun], out_dir: str) -> str:
              "evaluation; steps per second are optimizer steps per wall-clock second.", ""]
     for task in sorted({r.task for r in runs}):
         mine = sorted((r for r in runs if r.task == task), key=lambda r: r.fold)
-        lines += [f"## {NAMES.get(task, task)} (bar: 5-fold {BARS.get(task, float('nan')):.0f})", "",
+        lines += [f"## {dataset_title(task)} (bar: 5-fold {BARS.get(task, float('nan')):.0f})", "",
                   "| fold | epochs done / planned | best (epoch) | last | wall time (h) | steps/s | status |",
                   "|---:|---:|---:|---:|---:|---:|---|"]
         for r in mine:
@@ -165,7 +167,7 @@ def plot_curves(runs: list[FoldRun], out_dir: str) -> None:
                     label=f"fold {r.fold}" + ("" if r.finished else " (running)"))
         if task in BARS:
             ax.axhline(BARS[task], color="black", linestyle="--", linewidth=1, label=f"bar {BARS[task]:.0f}")
-        ax.set(title=f"{NAMES.get(task, task)}: dense GTS + MiniLM", xlabel="epoch", ylabel="answer accuracy (%)")
+        ax.set(title=f"{dataset_title(task)}: dense GTS + MiniLM", xlabel="epoch", ylabel="answer accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
