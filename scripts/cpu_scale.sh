@@ -5,7 +5,7 @@
 #
 #   scripts/cpu_scale.sh                 # run (or resume) every task; finished cells are skipped
 #   scripts/cpu_scale.sh --dry-run       # the fine-tunings left and their estimated time (measured step costs)
-#   scripts/cpu_scale.sh report          # tables and figures from the run folders into results/cpu-scale/
+#   scripts/cpu_scale.sh report          # tables, figures, per-module sparsity from the run folders into results/cpu-scale/
 #   TASKS="mawps" scripts/cpu_scale.sh   # a subset, in this order
 #   JOBS=2 scripts/cpu_scale.sh          # two runs at once, one core each (nothing else may use the cores)
 #

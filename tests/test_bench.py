@@ -98,7 +98,9 @@ FAKE_ENTRY = textwrap.dedent("""
         out = a.output_dir if last else os.path.join(a.output_dir, f"round-{k}")
         os.makedirs(out, exist_ok=True)
         results = {"task": a.task, "metric_name": "accuracy", "metric": metric, "metrics": metrics,
-                   "sparsity": {"target": s, "achieved": s, "selected_numel": 64, "zeros": round(64 * s), "modules": {}},
+                   "sparsity": {"target": s, "achieved": s, "selected_numel": 64, "zeros": round(64 * s),
+                                "modules": {"a.weight": {"numel": 48, "zeros": round(48 * s)},
+                                            "b.weight": {"numel": 16, "zeros": round(64 * s) - round(48 * s)}}},
                    "sparsity_config": {"method": a.sparsity_method, "sparsity": a.sparsity,
                                        "rigl_init": a.rigl_init or "omp", "skip_dense_phase": skip},
                    "model_name_or_path": a.model_name_or_path, "seed": a.seed, "train_runtime": 0.01}
@@ -431,3 +433,25 @@ def test_report_by_another_metric(fake, tmp_path):
     missing = write_report(str(out), metric="eval_bleu")
     assert missing.cells == 0 and missing.figures == [] and len(missing.problems) == 4
     assert "metrics.eval_bleu is not a finite number" in missing.problems[0]
+
+
+def test_layer_table_lists_every_module_of_every_cell_and_names_a_malformed_one(fake, tmp_path, capsys):
+    entry, _ = fake
+    out = tmp_path / "results"
+    cells = build_grid(["toy"], parse_methods("omp_before"), [0.25, 0.5], [1])
+    assert run_sweep(cells, str(out), Launcher(entry, "tiny"), log=lambda m: None).ok
+    bad = out / "toy/omp_before/sparsity-0.5/seed-1/result.json"
+    data = json.loads(bad.read_text())
+    data["sparsity"]["modules"]["b.weight"]["zeros"] = 17
+    bad.write_text(json.dumps(data))
+
+    assert cli.main(["report", str(out)]) == 0
+    with open(out / "report" / "layer_sparsity.csv", newline="") as handle:
+        rows = [(r["method"], r["sparsity"], r["module"], int(r["numel"]), int(r["zeros"]), float(r["achieved"]))
+                for r in csv.DictReader(handle)]
+    assert rows == [("dense", "0", "a.weight", 48, 0, 0.0), ("dense", "0", "b.weight", 16, 0, 0.0),
+                    ("omp_before", "0.25", "a.weight", 48, 12, 0.25), ("omp_before", "0.25", "b.weight", 16, 4, 0.25)]
+    err = capsys.readouterr().err
+    assert f"no per-module row: {bad}: sparsity.modules['b.weight'] has 17 zeros in 16 weights" in err
+    summary = (out / "report" / "summary.csv").read_text()
+    assert "omp_before" in summary and "0.5" in summary  # the tables still count the cell

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..io.atomic import write_json
+from .layer_table import write_layer_csv
 from .plots import plot_all
 from .results import CellResult, ResultError, scan_results
 from .tables import aggregate, markdown, pool_folds, within_dense, write_csv
@@ -19,8 +20,12 @@ class BenchReport:
     csv: str
     markdown: str
     json: str
+    #: Per-module sparsity of every cell (`layer_table`).
+    layers: str = ""
     figures: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: Cells counted in the tables but left out of `layers`, and why.
+    layer_problems: list[str] = field(default_factory=list)
     cells: int = 0
     #: (task, method) -> largest sparsity within the tolerance of dense (None: not even the lowest).
     within_dense: dict[tuple[str, str], Optional[float]] = field(default_factory=dict)
@@ -28,7 +33,8 @@ class BenchReport:
 
 def write_report(results_dir: str, out_dir: Optional[str] = None, tolerance: float = 1.0,
                  metric: Optional[str] = None) -> BenchReport:
-    """Write summary.csv, summary.md, summary.json and one PNG per task into `out_dir` (default results/report).
+    """Write summary.csv, summary.md, summary.json, layer_sparsity.csv and one PNG per task into `out_dir`
+    (default results/report).
 
     `metric` reports another key of each run's metrics than the primary one (RACE: eval_high_accuracy).
     Files that cannot be counted are listed in the Markdown and in `problems`, never averaged in.
@@ -37,12 +43,15 @@ def write_report(results_dir: str, out_dir: Optional[str] = None, tolerance: flo
     results, problems = scan_results(results_dir)
     if metric is not None:
         results, problems = _rescore(results, metric, problems)
+    os.makedirs(out_dir, exist_ok=True)
+    layers = os.path.join(out_dir, "layer_sparsity.csv")
+    layer_problems = write_layer_csv(results, layers)
     results, pool_problems = pool_folds(results)
     problems = problems + pool_problems
     groups = aggregate(results)
-    os.makedirs(out_dir, exist_ok=True)
     report = BenchReport(os.path.join(out_dir, "summary.csv"), os.path.join(out_dir, "summary.md"),
-                         os.path.join(out_dir, "summary.json"), problems=problems, cells=len(results))
+                         os.path.join(out_dir, "summary.json"), layers, problems=problems,
+                         layer_problems=layer_problems, cells=len(results))
     write_csv(groups, report.csv)
     heading = f"# SMC-Bench results: {len(results)} cells from `{results_dir}`"
     heading += f", scored by `{metric}`\n\n" if metric else "\n\n"

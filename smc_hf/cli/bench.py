@@ -192,7 +192,9 @@ def _report(opts: argparse.Namespace) -> int:
     report = write_report(opts.results_dir, opts.out, opts.tolerance, opts.metric)
     for problem in report.problems:
         print(f"not counted: {problem}", file=sys.stderr)
-    print(f"{report.cells} cells -> {report.csv}, {report.markdown}, {len(report.figures)} figure(s)")
+    for problem in report.layer_problems:
+        print(f"no per-module row: {problem}", file=sys.stderr)
+    print(f"{report.cells} cells -> {report.csv}, {report.markdown}, {report.layers}, {len(report.figures)} figure(s)")
     for (task, method), sparsity in report.within_dense.items():
         best = "none" if sparsity is None else format_sparsity(sparsity)
         print(f"  {task} {method}: within {opts.tolerance:g} point(s) of dense up to sparsity {best}")
