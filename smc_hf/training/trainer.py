@@ -126,7 +126,7 @@ class SparseTrainerMixin:
                 logger.warning("no complete checkpoint in %s; training starts from the beginning", folder)
                 return None
             resume = found if found is not None else True
-        if isinstance(resume, str):
+        if isinstance(resume, str) and os.path.isdir(resume):  # a missing folder: the Trainer's own error
             check_safetensors_files(resume)
         return resume
 
@@ -162,7 +162,7 @@ class SparseTrainerMixin:
                     resume = resume_from_checkpoint
                     if resume is True:
                         resume = self._last_checkpoint(folder)
-                    elif isinstance(resume, str):
+                    elif isinstance(resume, str) and os.path.isdir(resume):
                         check_safetensors_files(resume)
                     if resume is None and round_idx > 0:
                         self._load_round(self._round_dir(base, round_idx - 1, rounds))
