@@ -35,19 +35,20 @@ def sparsity_report(model: nn.Module, masks: Optional[MaskSet] = None, config=No
         )
     # With masks, counts go through the MaskSet, which knows full shapes and sharded weights (smc_hf.integrations.distributed).
     zeros = masks.weight_zeros() if masks is not None else {n: count_zeros(p) for n, p in params.items()}
+    method = config.method_class if config is not None else None
+    never_masks = method is not None and not method.masks_weights  # dense: every module's target is 0
     modules = []
     for name, param in params.items():
         mask = masks.masks.get(name) if masks is not None else None
-        target = count_pruned(mask) / mask.numel() if mask is not None else None
+        target = count_pruned(mask) / mask.numel() if mask is not None else (0.0 if never_masks else None)
         numel = math.prod(masks.shapes[name]) if masks is not None else param.numel()
         modules.append(ModuleSparsity(name, numel, zeros[name], target))
-    method = config.method_class if config is not None else None
     if method is not None and method.prunes_to_target:
         target = config.sparsity
     elif masks is not None and not masks.is_dense:
         target = total_pruned(masks.masks.values()) / masks.numel()
     else:
-        target = 0.0 if method is not None and not method.masks_weights else None
+        target = 0.0 if never_masks else None
     pattern = getattr(config, "pattern", None)
     violations = None
     if pattern is not None:

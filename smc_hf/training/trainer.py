@@ -32,8 +32,8 @@ ROUND_FILE = "sparsity_round.json"
 class SparseTrainerMixin:
     """The sparse additions, shared by `SparseTrainer` and `SparseSeq2SeqTrainer`.
 
-    Without a sparsity configuration (or with method `dense`) it is the stock Trainer: same logs, metrics,
-    events and files, on any model.
+    Without a sparsity configuration (or with method `dense`) it is the stock Trainer: same callback list,
+    logs, metrics, events, errors and files, on any model.
     """
 
     def __init__(self, *args, sparsity_config: Optional[SparsityConfig] = None, **kwargs):
@@ -41,15 +41,32 @@ class SparseTrainerMixin:
         existing = [cb for cb in self.callback_handler.callbacks if isinstance(cb, SparsityCallback)]
         if existing and sparsity_config is not None:
             raise ValueError("pass either sparsity_config or a SparsityCallback, not both")
-        # First in line, so loggers called after it see the sparsity keys it adds.
         callback = existing[0] if existing else SparsityCallback(sparsity_config)
+        #: A dense run's callback, kept out of the Trainer's list (which then is the stock Trainer's, and so are
+        #: the `stateful_callbacks` of its checkpoints); it answers `sparsity_config` and `sparsity_report()`.
+        self._detached_callback: Optional[SparsityCallback] = None
+        if existing or callback.prunes:
+            self._install(callback)
+        else:
+            self._detached_callback = callback
+
+    def _install(self, callback: SparsityCallback) -> None:
+        """First in line, so loggers called after it see the sparsity keys it adds; the best-model guard
+        (one, bound to this callback) after the Trainer's own callbacks."""
         callback.attach(self)
-        self.add_callback(BestAtSparsityCallback(callback))
+        self._detached_callback = None
+        handler = self.callback_handler
+        handler.callbacks[:] = [cb for cb in handler.callbacks if not isinstance(cb, BestAtSparsityCallback)]
+        super().add_callback(BestAtSparsityCallback(callback))
+
+    def _installed_callback(self) -> Optional[SparsityCallback]:
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, SparsityCallback)), None)
 
     @property
     def sparsity_callback(self) -> Optional[SparsityCallback]:
-        """The installed SparsityCallback; None once removed (`pop_callback`), after which this is a Trainer."""
-        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, SparsityCallback)), None)
+        """The SparsityCallback: the installed one, else a dense run's detached one; None once removed
+        (`pop_callback`), after which this is a Trainer."""
+        return self._installed_callback() or self._detached_callback
 
     @property
     def sparsity_config(self) -> Optional[SparsityConfig]:
@@ -70,7 +87,7 @@ class SparseTrainerMixin:
     def add_callback(self, callback) -> None:
         """As `Trainer.add_callback`; a SparsityCallback goes first, where loggers after it see its keys."""
         if isinstance(callback, SparsityCallback) or (isinstance(callback, type) and issubclass(callback, SparsityCallback)):
-            (callback() if isinstance(callback, type) else callback).attach(self)
+            self._install(callback() if isinstance(callback, type) else callback)
         else:
             super().add_callback(callback)
 
@@ -79,7 +96,7 @@ class SparseTrainerMixin:
         # The callback adds the sparsity keys; a copy re-created from a checkpoint's state
         # (restore_callback_states_from_checkpoint) is appended last, so it is put back first here.
         callbacks = self.callback_handler.callbacks
-        callback = self.sparsity_callback
+        callback = self._installed_callback()
         if callback is not None and callbacks[0] is not callback:
             callback.attach(self)
         super().log(logs, *args, **kwargs)
@@ -131,8 +148,10 @@ class SparseTrainerMixin:
         return resume
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        callback = self.sparsity_callback
+        callback = self._installed_callback()
         if callback is None:
+            if self._detached_callback is not None:  # dense: the Trainer's run, with a robust resume
+                resume_from_checkpoint = self._resolve_resume(resume_from_checkpoint, self.args.output_dir)
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         callback.rounds_driver = True
         rounds = callback.method.num_rounds
