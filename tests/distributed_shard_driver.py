@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 from transformers import TrainerControl, TrainerState, TrainingArguments  # noqa: E402
 
-from smc_hf import MaskSet, SparsityCallback, SparsityConfig  # noqa: E402
+from smc_hf import MaskSet, SparsityCallback, SparsityConfig, sparsity_report  # noqa: E402
 from smc_hf.integrations import distributed  # noqa: E402
 from tests.helpers import ShiftingSGD, ToyClassification, tiny_roberta  # noqa: E402
 
@@ -118,6 +118,14 @@ def sharded(mode, out_dir):
         "weight_zeros": sum(masks.weight_zeros().values()),
         "steps": callback.step,
     }
+    # A dense run's report (SparseTrainer keeps its callback off the Trainer's list and binds it only to
+    # report) counts the sharded weights at full size.
+    dense = SparsityCallback(SparsityConfig(method="dense"))
+    dense_model = shard(copy.deepcopy(reference), mode)
+    dense.bind_for_report(dense_model)
+    dense_report = sparsity_report(dense_model, masks=dense.masks, config=dense.config)
+    record["dense_report"] = {"numel": dense_report.numel, "zeros": dense_report.zeros,
+                              "target": dense_report.target}
     # Every rank trains the reference too: mask changes end in a collective agreement check.
     ref_callback, _ = train(reference, out_dir)
     record["reference_digest"] = ref_callback.masks.digest()

@@ -47,6 +47,7 @@ def test_sharded_training_keeps_masks_exact(records, mode, placement):
         assert record["moments_nonzero_local"] == 0
         assert record["pruned_nonzero_full"] == 0
         assert record["weight_zeros"] == 2048
+        assert record["dense_report"] == {"numel": 4096, "zeros": 0, "target": 0.0}  # full size, not the shard
         # every rank saw the same batch, so sharding changes nothing: same masks, same weights as unsharded
         assert record["reference_digest"] == record["digest"]
         assert record["max_weight_difference"] < 1e-5

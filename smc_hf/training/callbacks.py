@@ -116,6 +116,15 @@ class SparsityCallback(TrainerCallback, ExportableState):
             logs["sparsity/round"] = self.round
         return logs
 
+    def bind_for_report(self, model) -> None:
+        """Bind the masks to `model` for a report only (a dense run's callback, which the Trainer never calls):
+        through the backend's placement, so sharded weights count at full size, without training's grad hooks."""
+        placement = distributed.placement_for(model)
+        with distributed.bind_view(placement):
+            self.bind(model)
+        if self.masks is not None:
+            self.masks.placement = placement
+
     def bind(self, model) -> None:
         """Select the prunable weights of `model`; a dense run on a model with none (a Conv2d net) keeps no masks."""
         if self.masks is None:

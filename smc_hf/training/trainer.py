@@ -77,6 +77,8 @@ class SparseTrainerMixin:
         callback = self.sparsity_callback
         if callback is None:
             raise ValueError("this trainer has no SparsityCallback (it was removed); nothing to report")
+        if callback is self._detached_callback:
+            callback.bind_for_report(self.model)
         if callback.masks is None:
             config = callback.config
             selected = select_parameters(self.model, config.targets, config.ignore, config.selection, required=False)
