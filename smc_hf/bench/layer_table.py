@@ -7,7 +7,6 @@ differently (global magnitude against oBERT's Fisher scores), and the spread oft
 from __future__ import annotations
 
 import csv
-import json
 from typing import Iterable
 
 from .grid import format_sparsity
@@ -24,12 +23,8 @@ def _count(value, path: str, where: str) -> int:
 
 def module_sparsity(result: CellResult) -> list[tuple[str, int, int]]:
     """(module, weights, zeros) of each selected module, as the cell's result file recorded them."""
-    try:
-        with open(result.path, encoding="utf-8") as handle:
-            modules = json.load(handle)["sparsity"].get("modules")
-    except (OSError, ValueError, KeyError, AttributeError) as err:
-        raise ResultError(f"{result.path}: cannot read its sparsity block ({err})") from None
-    if not isinstance(modules, dict) or not modules:
+    modules = result.modules
+    if not modules:
         raise ResultError(f"{result.path}: records no per-module sparsity (sparsity.modules)")
     rows = []
     for name, entry in modules.items():

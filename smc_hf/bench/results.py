@@ -59,6 +59,8 @@ class CellResult:
     fold: Optional[int] = None
     #: Which evaluation `metric` is: "best" over training (the paper) or "final".
     metric_rule: str = "final"
+    #: The file's `sparsity.modules` as written (checked only where used: `layer_table`).
+    modules: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def count_keys(self) -> tuple[str, str]:
         prefix = "best_" if self.metric_rule == "best" else ""
@@ -232,9 +234,11 @@ def read_result(path: str, root: Optional[str] = None) -> CellResult:
     metric = _finite(data["metric"], path, "metric")
     achieved = _finite(data["sparsity"].get("achieved"), path, "sparsity.achieved")
     metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+    modules = data["sparsity"].get("modules")
     return CellResult(cell.task, spec.spec, cell.sparsity, cell.seed, data["model"], data["metric_name"], metric,
                       achieved, float(data["wall_time_s"]), path, metrics, fold,
-                      "best" if data.get("metric_rule") == "best" else "final")
+                      "best" if data.get("metric_rule") == "best" else "final",
+                      modules if isinstance(modules, dict) else {})
 
 
 def scan_results(root: str) -> tuple[list[CellResult], list[str]]:
