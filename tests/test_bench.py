@@ -455,3 +455,47 @@ def test_layer_table_lists_every_module_of_every_cell_and_names_a_malformed_one(
     assert f"no per-module row: {bad}: sparsity.modules['b.weight'] has 17 zeros in 16 weights" in err
     summary = (out / "report" / "summary.csv").read_text()
     assert "omp_before" in summary and "0.5" in summary  # the tables still count the cell
+
+
+def test_copy_results_carries_only_countable_result_files_and_a_new_folder_resumes_from_them(fake, tmp_path, capsys):
+    entry, calls = fake
+    runs, archive, fresh = tmp_path / "runs", tmp_path / "archive", tmp_path / "fresh"
+    cells = build_grid(["toy"], parse_methods("omp_before"), [0.25, 0.5], [1])
+    launcher = Launcher(entry, "tiny")
+    assert run_sweep(cells, str(runs), launcher, log=lambda m: None).ok
+    partial = runs / "toy/omp_before/sparsity-0.5/seed-1/result.json"
+    text = partial.read_text()
+    partial.write_text(text[:100])
+
+    assert cli.main(["copy-results", str(runs), str(archive)]) == 1  # one source file is not countable
+    out = capsys.readouterr()
+    assert "2 result file(s) copied" in out.out and f"not copied: {partial}: malformed or partial JSON" in out.err
+    copied = sorted(str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file())
+    assert copied == ["toy/dense/sparsity-0/seed-1/result.json", "toy/omp_before/sparsity-0.25/seed-1/result.json"]
+    for rel in copied:
+        assert (archive / rel).read_text() == (runs / rel).read_text()
+    assert any(p.name != "result.json" for p in runs.rglob("*") if p.is_file())  # the run folders stayed behind
+
+    partial.write_text(text)
+    dense = archive / "toy/dense/sparsity-0/seed-1/result.json"
+    edited = json.loads(dense.read_text())
+    edited["metric"] = 1.0
+    dense.write_text(json.dumps(edited))
+    assert cli.main(["copy-results", str(runs), str(archive)]) == 0
+    out = capsys.readouterr()
+    assert "1 result file(s) copied" in out.out and "1 already there, 1 kept" in out.out and str(dense) in out.err
+    assert json.loads(dense.read_text())["metric"] == 1.0  # a countable file that differs is kept ...
+    assert cli.main(["copy-results", str(runs), str(archive), "--overwrite"]) == 0
+    assert dense.read_text() == (runs / "toy/dense/sparsity-0/seed-1/result.json").read_text()  # ... or replaced
+    capsys.readouterr()
+
+    (archive / "toy/omp_before/sparsity-0.5/seed-1/result.json").unlink()  # a cell the other machine never finished
+    assert cli.main(["copy-results", str(archive), str(fresh)]) == 0
+    n_calls = len(calls())
+    summary = run_sweep(cells, str(fresh), launcher, log=lambda m: None)
+    assert summary.ok and len(summary.skipped) == 2
+    assert [tuple(c[1:3]) for c in calls()[n_calls:]] == [("omp_before", 0.5)]
+    assert pending_cells(cells, str(fresh), "tiny") == []
+
+    assert cli.main(["copy-results", str(fresh), str(fresh)]) == 2
+    assert "source and destination are the same folder" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     smc-bench run --tasks csqa --methods omp_after,gmp,rigl:snip --sparsities paper --seeds 1,2,3 \
         --model roberta-large --output results/
     smc-bench report results/
+    smc-bench copy-results results/ archive/   # the result files alone, to carry a sweep to another machine
 """
 
 from .grid import (
@@ -16,6 +17,7 @@ from .grid import (
     parse_seeds,
     parse_sparsities,
 )
+from .archive import CopySummary, copy_results
 from .launch import Launcher, default_entry
 from .plan import Unit, build_plan
 from .report import BenchReport, write_report
@@ -34,6 +36,7 @@ __all__ = [
     "BenchReport",
     "Cell",
     "CellResult",
+    "CopySummary",
     "GroupStats",
     "Launcher",
     "MethodSpec",
@@ -41,6 +44,7 @@ __all__ = [
     "SweepSummary",
     "aggregate",
     "build_grid",
+    "copy_results",
     "default_entry",
     "markdown",
     "parse_methods",

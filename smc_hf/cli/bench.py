@@ -6,6 +6,8 @@
     smc-bench run ... --jobs 2                          # two runs at once, each on half the cores
     smc-bench run ... --print-commands > cells.txt     # one line per pending run, for a job array
     smc-bench report results/                           # results/report/{summary.csv,summary.md,<task>.png}
+    smc-bench copy-results results/ archive/            # the result files alone (KB each), e.g. into a repository;
+    smc-bench copy-results archive/ new-results/        # back on another machine: the sweep there skips them
 
 Arguments after `--` go to every run; `--task-args csqa="--train_file a.jsonl --validation_file b.jsonl"`
 to one task's runs. Finished cells are skipped, so the same command resumes a killed sweep.
@@ -121,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="metric points from dense that still count as matching it (default: 1)")
     report.add_argument("--metric", help="report this key of the runs' metrics instead of the primary metric "
                         "(e.g. eval_high_accuracy for RACE-High); default folder RESULTS_DIR/report-KEY")
+
+    copy = sub.add_parser("copy-results", help="copy finished cells' result files (not their run folders) to another "
+                          "results directory, e.g. one under version control, or back into a new one to resume there")
+    copy.add_argument("source")
+    copy.add_argument("dest")
+    copy.add_argument("--overwrite", action="store_true",
+                      help="replace a countable result file in DEST that differs (default: keep it)")
     return parser
 
 
@@ -201,15 +210,31 @@ def _report(opts: argparse.Namespace) -> int:
     return 0 if report.cells else 1
 
 
+def _copy(opts: argparse.Namespace) -> int:
+    from smc_hf.bench import RESULT_FILE
+    from smc_hf.bench.archive import copy_results
+
+    summary = copy_results(opts.source, opts.dest, opts.overwrite)
+    for problem in summary.problems:
+        print(f"not copied: {problem}", file=sys.stderr)
+    for rel in summary.kept:
+        print(f"kept: {os.path.join(opts.dest, rel, RESULT_FILE)} differs from the source's (--overwrite replaces it)", file=sys.stderr)
+    print(f"{len(summary.copied)} result file(s) copied to {opts.dest}, {len(summary.same)} already there, "
+          f"{len(summary.kept)} kept, {len(summary.problems)} not countable")
+    return 1 if summary.problems else 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, passthrough = _split_passthrough(argv)
     parser = build_parser()
     opts = parser.parse_args(own)
-    if opts.command == "report" and passthrough:
-        parser.error("report takes no arguments after --")
+    if opts.command != "run" and passthrough:
+        parser.error(f"{opts.command} takes no arguments after --")
     try:
-        return _run(opts, passthrough) if opts.command == "run" else _report(opts)
+        if opts.command == "run":
+            return _run(opts, passthrough)
+        return _copy(opts) if opts.command == "copy-results" else _report(opts)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"smc-bench: error: {err}", file=sys.stderr)
         return 2
