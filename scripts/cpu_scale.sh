@@ -10,7 +10,9 @@
 #   JOBS=2 scripts/cpu_scale.sh          # two runs at once, one core each (nothing else may use the cores)
 #
 # Run folders: $CPU_SCALE_RUNS (default runs/cpu-scale, ignored by git); each cell's result.json stays there, its
-# checkpoints are deleted once it and every run that starts from it are done (--delete-run-dirs).
+# checkpoints are deleted once it and every run that starts from it are done (--delete-run-dirs). `report` copies
+# every finished cell's result.json into results/cpu-scale/cells/ (committed) and tabulates from there; a run or
+# --dry-run first copies those back into the run folders, so a sweep resumes on a new machine from a clone.
 # Why these sizes: see results/cpu-scale/README.md (estimated ~22 CPU-hours on one core, three ThermoProt seeds included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,14 +47,19 @@ task_cost() {  # seconds per step, steps per run (measured: results/cpu-scale/RE
   case $1 in mawps) echo "0.74 770";; thermoprot) echo "3.9 75";; csqa) echo "5.2 94";; esac
 }
 
+CELLS=$OUT/cells
 if [[ ${1:-} == report ]]; then
   mkdir -p "$OUT"
-  "$PY" -m smc_hf.cli.bench report "$RUNS" --out "$OUT"
-  "$PY" scripts/cpu_scale_times.py "$RUNS" "$OUT/wall_times.csv"
+  # The run folders hold this machine's newest results (a redone cell replaces its archived file).
+  [[ -d $RUNS ]] && { "$PY" -m smc_hf.cli.bench copy-results "$RUNS" "$CELLS" --overwrite || true; }
+  "$PY" -m smc_hf.cli.bench report "$CELLS" --out "$OUT"
+  "$PY" scripts/cpu_scale_times.py "$CELLS" "$OUT/wall_times.csv"
   exit 0
 fi
 
 mkdir -p "$RUNS"
+# Cells finished on another machine (committed under results/cpu-scale/cells) are not run again.
+[[ -d $CELLS ]] && { "$PY" -m smc_hf.cli.bench copy-results "$CELLS" "$RUNS" || true; }
 for pass in 1 2; do
   for task in $TASKS; do
     seeds=$(task_seeds "$task" "$pass")

@@ -23,6 +23,16 @@ def _portable(command: list[str]) -> list[str]:
     return command
 
 
+def _runs_root(command: list[str], task: str) -> str | None:
+    """The results directory a run was started in: its --output_dir up to the task's folder (the result file
+    may since have been copied elsewhere, `smc-bench copy-results`)."""
+    if "--output_dir" not in command[:-1]:
+        return None
+    output_dir = command[command.index("--output_dir") + 1]
+    marker = f"{os.sep}{task}{os.sep}"
+    return output_dir[: output_dir.index(marker)] if marker in output_dir else None
+
+
 def main(runs_dir: str, out_csv: str) -> int:
     results, problems = scan_results(runs_dir)
     for problem in problems:
@@ -37,7 +47,8 @@ def main(runs_dir: str, out_csv: str) -> int:
                      "wall_time_s": round(data.get("wall_time_s") or 0.0, 1),
                      "train_runtime_s": round(data.get("train_runtime") or 0.0, 1),
                      "attempts": data.get("attempts", 1), "shared_run": json.dumps(data.get("shared_run", ""))})
-        commands.append(shlex.join(_portable(data["command"])))
+        root = _runs_root(data["command"], cell["task"]) or os.path.abspath(runs_dir)
+        commands.append(shlex.join(_portable(data["command"])).replace(root, "$RUNS"))
         versions = data.get("versions", versions)
     os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
     with open(out_csv, "w", newline="", encoding="utf-8") as f:
@@ -46,7 +57,7 @@ def main(runs_dir: str, out_csv: str) -> int:
         writer.writerows(rows)
     folder = os.path.dirname(os.path.abspath(out_csv))
     with open(os.path.join(folder, "commands.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(c.replace(os.path.abspath(runs_dir), "$RUNS") + "\n" for c in dict.fromkeys(commands)))
+        f.write("".join(c + "\n" for c in dict.fromkeys(commands)))
     with open(os.path.join(folder, "versions.json"), "w", encoding="utf-8") as f:
         json.dump(versions, f, indent=1, sort_keys=True)
     total = sum(r["wall_time_s"] for r in rows)
